@@ -1,0 +1,58 @@
+"""biased_compression: biased gradient compression and error feedback for JAX and Optax.
+
+The compressor core: every operator is an immutable `Compressor` with ``compress``,
+``encode`` / ``decode`` (a real bit-packed wire format), ``bits``, and its constants
+(``omega``, ``delta`` and the classes B1, B2, B3 of Beznosikov et al., 2023).
+"""
+
+from biased_compression._base import ClassConstants
+from biased_compression._base import Compressor
+from biased_compression._base import b1_constants
+from biased_compression._base import b2_constants
+from biased_compression._base import b3_constants
+from biased_compression._base import class_constants
+from biased_compression._combinators import compose
+from biased_compression._combinators import contractive
+from biased_compression._combinators import induced
+from biased_compression._combinators import scaled
+from biased_compression._combinators import top_k_natural_dithering
+from biased_compression._quantization import cast
+from biased_compression._quantization import exponential_rounding
+from biased_compression._quantization import identity
+from biased_compression._quantization import natural_compression
+from biased_compression._quantization import natural_dithering
+from biased_compression._quantization import scaled_sign
+from biased_compression._quantization import sign
+from biased_compression._quantization import standard_dithering
+from biased_compression._registry import standard_compressors
+from biased_compression._sparsification import adaptive_random_sparsification
+from biased_compression._sparsification import rand_k
+from biased_compression._sparsification import top_k
+
+__version__ = "0.1.0"
+
+__all__ = (
+  "ClassConstants",
+  "Compressor",
+  "adaptive_random_sparsification",
+  "b1_constants",
+  "b2_constants",
+  "b3_constants",
+  "cast",
+  "class_constants",
+  "compose",
+  "contractive",
+  "exponential_rounding",
+  "identity",
+  "induced",
+  "natural_compression",
+  "natural_dithering",
+  "rand_k",
+  "scaled",
+  "scaled_sign",
+  "sign",
+  "standard_compressors",
+  "standard_dithering",
+  "top_k",
+  "top_k_natural_dithering",
+)

@@ -1,0 +1,326 @@
+"""The `Compressor` interface, the compressor classes B1, B2, B3 and U, and shared helpers.
+
+Classes (Beznosikov, Horvath, Richtarik, Safaryan, 2023), for a random map C on R^d with
+expectations over its own randomness:
+
+* U(omega): E C(x) = x and E||C(x) - x||^2 <= omega ||x||^2.
+* B1(alpha, beta): alpha ||x||^2 <= E||C(x)||^2 <= beta <E C(x), x>.
+* B2(gamma, beta): max(gamma ||x||^2, E||C(x)||^2 / beta) <= <E C(x), x>.
+* B3(delta), delta >= 1: E||C(x) - x||^2 <= (1 - 1/delta) ||x||^2.
+
+Every compressor states its constants natively in B2 (and U when unbiased). The others follow
+from one-line conversions, each proved from the definitions:
+
+* U(omega) is in B2(1, 1 + omega) and B1(1, 1 + omega) (E||C||^2 >= ||E C||^2 = ||x||^2).
+* B1(alpha, beta) is in B2(alpha / beta, beta); B2(gamma, beta) is in B1(gamma^2, beta).
+* B3(delta) is in B2(1 / (2 delta), 2).
+* B2(gamma, beta) with beta < 2 is in B3(1 / ((2 - beta) gamma)), because
+  E||C - x||^2 = E||C||^2 - 2<E C, x> + ||x||^2 <= ||x||^2 - (2 - beta) <E C, x>.
+* lambda C is in B2(lambda gamma, lambda beta); with lambda = 1 / beta this gives the
+  paper's C / beta in B3(beta / gamma), and for unbiased C, C / (1 + omega) in B3(1 + omega).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+  "Compressor",
+  "ClassConstants",
+  "class_constants",
+  "b1_constants",
+  "b2_constants",
+  "b3_constants",
+]
+
+Payload = Any  # a pytree of arrays whose shapes depend only on the input size
+
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+class Compressor(abc.ABC):
+  """A compression operator C: R^d -> R^d with a wire format and known constants.
+
+  Compressors are immutable and hashable (frozen dataclasses), so they can be closed over in
+  jitted functions and used as static arguments. They act on one array (a pytree leaf) of any
+  shape, seen as a vector of ``d = x.size`` coordinates; the result has the input's shape and
+  dtype. All methods work under ``jax.jit``, ``jax.vmap`` and inside ``jax.shard_map``.
+
+  Subclasses implement ``_encode``, ``_decode``, ``bits`` and their constants.
+
+  Attributes:
+    unbiased: whether E C(x) = x for every x.
+    needs_key: whether the operator is random (``compress`` and ``encode`` then require a key).
+  """
+
+  unbiased: bool = False
+  needs_key: bool = False
+
+  # -- the wire format -------------------------------------------------------------------
+
+  @abc.abstractmethod
+  def _encode(self, x: jax.Array, key: jax.Array | None) -> Payload:
+    """Encodes a 1-D array in one of the supported dtypes."""
+
+  @abc.abstractmethod
+  def _decode(self, payload: Payload, d: int, dtype: jnp.dtype, key: jax.Array | None):
+    """Decodes to a 1-D array of ``d`` elements of ``dtype``."""
+
+  @abc.abstractmethod
+  def bits(self, d: int) -> int:
+    """Bits on the wire for a float32 leaf of ``d`` elements (payload padding included)."""
+
+  def encode(self, x: jax.Array, *, key: jax.Array | None = None) -> Payload:
+    """Encodes ``x`` into a payload: a pytree of arrays whose shapes depend only on x.size.
+
+    Args:
+      x: a float32, bfloat16 or float16 array of any shape.
+      key: a JAX PRNG key; required by random operators, ignored by deterministic ones.
+
+    Returns:
+      The payload; ``decode(payload, x.shape, x.dtype)`` equals ``compress(x)``.
+    """
+    x = check_input(x, self)
+    key = self._check_key(key)
+    return self._encode(x.reshape(-1), key)
+
+  def decode(
+    self,
+    payload: Payload,
+    shape: tuple[int, ...],
+    dtype: Any,
+    *,
+    key: jax.Array | None = None,
+  ) -> jax.Array:
+    """Decodes a payload made by `encode` back into an array of ``shape`` and ``dtype``.
+
+    ``key`` is needed only by operators whose receiver regenerates randomness instead of
+    receiving it (rand-k with shared indices); it must be the key given to `encode`.
+    """
+    shape = tuple(shape)
+    dtype = jnp.dtype(dtype)
+    if dtype not in SUPPORTED_DTYPES:
+      raise TypeError(f"{self.name}.decode: dtype must be one of {_dtype_names()}, got {dtype}")
+    d = math.prod(shape)
+    return self._decode(payload, d, dtype, key).reshape(shape)
+
+  def compress(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    """Returns C(x), with the shape and dtype of ``x``; equals ``decode(encode(x))``."""
+    payload = self.encode(x, key=key)
+    return self.decode(payload, jnp.shape(x), jnp.result_type(x), key=key)
+
+  def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+    return self.compress(x, key=key)
+
+  def payload_bits(self, d: int, dtype: Any = jnp.float32) -> int:
+    """Bits of the payload actually produced for a ``d``-element leaf of ``dtype``.
+
+    Read from the payload's shapes (``jax.eval_shape``, nothing is computed). For float32
+    it equals ``bits(d)``; for bfloat16 and float16 it is smaller where values travel in the
+    input dtype.
+    """
+    spec = jax.ShapeDtypeStruct((d,), jnp.dtype(dtype))
+    key = jax.random.key(0) if self.needs_key else None
+    out = jax.eval_shape(lambda x: self.encode(x, key=key), spec)
+    return sum(8 * leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(out))
+
+  # -- constants -------------------------------------------------------------------------
+
+  def omega(self, d: int) -> float:
+    """Variance parameter: E||C(x) - x||^2 <= omega ||x||^2; ``inf`` if not unbiased."""
+    del d
+    return math.inf
+
+  def b2(self, d: int) -> tuple[float, float] | None:
+    """Native B2(gamma, beta) constants for dimension ``d``, or None if in no class."""
+    if self.unbiased:
+      return (1.0, 1.0 + self.omega(d))
+    return None
+
+  def b1(self, d: int) -> tuple[float, float] | None:
+    """B1(alpha, beta) constants (by default converted from B2: alpha = gamma^2)."""
+    if self.unbiased:
+      return (1.0, 1.0 + self.omega(d))
+    b2 = self.b2(d)
+    return None if b2 is None else (b2[0] ** 2, b2[1])
+
+  def delta(self, d: int) -> float:
+    """B3 constant: E||C(x) - x||^2 <= (1 - 1/delta) ||x||^2; ``inf`` if not contractive."""
+    b2 = self.b2(d)
+    if b2 is None:
+      return math.inf
+    gamma, beta = b2
+    if beta >= 2.0 or gamma <= 0.0:
+      return math.inf
+    return 1.0 / ((2.0 - beta) * gamma)
+
+  # -- helpers ---------------------------------------------------------------------------
+
+  @property
+  def name(self) -> str:
+    """The factory call that builds this operator, e.g. ``top_k(ratio=0.01)``."""
+    return repr(self)
+
+  def _check_key(self, key):
+    if self.needs_key and key is None:
+      raise ValueError(
+        f"{self.name} is a random operator and needs a key, e.g. key=jax.random.key(0)"
+      )
+    return key if self.needs_key else None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassConstants:
+  """The constants of one compressor at one dimension ``d`` in every class.
+
+  Attributes:
+    omega: U(omega) variance parameter (``inf`` when biased).
+    b1: (alpha, beta) of B1, or None.
+    b2: (gamma, beta) of B2, or None.
+    b3: delta of B3 (``inf`` when not contractive).
+  """
+
+  omega: float
+  b1: tuple[float, float] | None
+  b2: tuple[float, float] | None
+  b3: float
+
+
+def class_constants(compressor: Compressor, d: int) -> ClassConstants:
+  """Constants of ``compressor`` at dimension ``d`` in U, B1, B2 and B3.
+
+  Example:
+    >>> import biased_compression as bc
+    >>> bc.class_constants(bc.top_k(k=10), 1000).b3
+    100.0
+  """
+  return ClassConstants(
+    omega=compressor.omega(d),
+    b1=b1_constants(compressor, d),
+    b2=b2_constants(compressor, d),
+    b3=b3_constants(compressor, d),
+  )
+
+
+def b1_constants(compressor: Compressor, d: int) -> tuple[float, float] | None:
+  """(alpha, beta) with C in B1(alpha, beta) at dimension d, or None."""
+  b1 = compressor.b1(d)
+  if b1 is None:
+    b2 = b2_constants(compressor, d)
+    b1 = None if b2 is None else (b2[0] ** 2, b2[1])
+  return b1
+
+
+def b2_constants(compressor: Compressor, d: int) -> tuple[float, float] | None:
+  """(gamma, beta) with C in B2(gamma, beta) at dimension d, or None.
+
+  Uses the operator's native constants, else B3(delta) in B2(1 / (2 delta), 2).
+  """
+  b2 = compressor.b2(d)
+  if b2 is None:
+    delta = compressor.delta(d)
+    if math.isfinite(delta):
+      b2 = (1.0 / (2.0 * delta), 2.0)
+  return b2
+
+
+def b3_constants(compressor: Compressor, d: int) -> float:
+  """delta with C in B3(delta) at dimension d (``inf`` when C is not contractive)."""
+  return compressor.delta(d)
+
+
+# -- shared helpers for the operator modules ---------------------------------------------
+
+
+def _dtype_names() -> str:
+  return ", ".join(str(t) for t in SUPPORTED_DTYPES)
+
+
+def check_input(x: Any, compressor: Compressor) -> jax.Array:
+  """Checks that x is an array of a supported floating dtype."""
+  dtype = jnp.result_type(x)
+  if dtype not in SUPPORTED_DTYPES:
+    raise TypeError(
+      f"{compressor.name}: x must have a floating dtype ({_dtype_names()}), got {dtype}"
+    )
+  return jnp.asarray(x)
+
+
+def index_dtype(d: int) -> jnp.dtype:
+  """Narrowest unsigned integer dtype that holds the indices 0 .. d - 1."""
+  if d <= 1 << 8:
+    return jnp.dtype(jnp.uint8)
+  if d <= 1 << 16:
+    return jnp.dtype(jnp.uint16)
+  return jnp.dtype(jnp.uint32)
+
+
+def index_bits(d: int) -> int:
+  return 8 * index_dtype(d).itemsize
+
+
+def check_ratio_k(fn: str, ratio: float | None, k: int | None) -> None:
+  """Validates the exclusive ``ratio`` / ``k`` arguments of the sparsifiers."""
+  if (ratio is None) == (k is None):
+    raise ValueError(f"{fn}: give exactly one of ratio and k, got ratio={ratio!r}, k={k!r}")
+  if ratio is not None:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+      raise TypeError(f"{fn}: ratio must be a float in (0, 1], got {ratio!r}")
+    if not 0.0 < ratio <= 1.0:
+      raise ValueError(f"{fn}: ratio must be in (0, 1], got {ratio!r}")
+  if k is not None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+      raise TypeError(f"{fn}: k must be a positive int, got {k!r}")
+    if k < 1:
+      raise ValueError(f"{fn}: k must be >= 1, got {k!r}")
+
+
+def resolve_k(ratio: float | None, k: int | None, d: int) -> int:
+  """k for a leaf of d elements: ``max(1, round(ratio * d))`` or ``k``, capped at d."""
+  kk = max(1, round(ratio * d)) if ratio is not None else int(k)
+  return min(kk, d)
+
+
+def check_levels(fn: str, levels: Any, max_levels: int) -> None:
+  if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)):
+    raise TypeError(f"{fn}: levels must be an int, got {levels!r}")
+  if not 1 <= levels <= max_levels:
+    raise ValueError(f"{fn}: levels must be in [1, {max_levels}], got {levels!r}")
+
+
+def check_norm(fn: str, norm: Any) -> float:
+  if isinstance(norm, bool) or not isinstance(norm, (int, float)) or not norm >= 1:
+    raise ValueError(f"{fn}: norm must be a number >= 1 or math.inf, got {norm!r}")
+  return float(norm)
+
+
+def safe_norm(x: jax.Array, p: float) -> jax.Array:
+  """||x||_p of a float32 vector without overflow or underflow in the intermediate sums.
+
+  The vector is divided by max|x| first, so near-float32-max inputs give a finite norm and
+  all-zero inputs give 0. Returns a float32 scalar.
+  """
+  m = jnp.max(jnp.abs(x))
+  if p == math.inf:
+    return m
+  safe_m = jnp.where(m > 0, m, 1.0)
+  y = jnp.abs(x) / safe_m
+  if p == 1.0:
+    s = jnp.sum(y)
+  elif p == 2.0:
+    s = jnp.sqrt(jnp.sum(y * y))
+  else:
+    s = jnp.sum(y**p) ** (1.0 / p)
+  return jnp.where(m > 0, m * s, 0.0)
+
+
+def sign_bits(x: jax.Array) -> jax.Array:
+  """1 where x is negative (sign bit set, -0 included), else 0, as uint32."""
+  return (jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32) >> 31).astype(jnp.uint32)

@@ -1,0 +1,541 @@
+"""Quantisers: sign, scaled sign, natural compression and exponential rounding, standard and
+natural dithering, identity and casts.
+
+All arithmetic runs in float32 whatever the input dtype; the decoded result is cast back.
+Random rounding draws its bits from `_random` (a counter hash seeded by the key). Wire
+formats pack sub-byte codes with `_bitpack`:
+
+* sign: 1 bit per coordinate (sign(0) is +1).
+* natural compression / exponential rounding: sign bit + exponent code (9 bits for base 2).
+* dithering: a float32 norm + per coordinate a sign bit and ceil(log2(levels + 1)) level bits.
+
+On XLA's CPU backend arithmetic flushes subnormal floats to zero, so subnormal inputs
+behave as zeros in norms and scales; the exponent-based operators read the bits directly
+and round subnormals without bias to 0 or the smallest normal power.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biased_compression import _base
+from biased_compression import _bitpack
+from biased_compression import _random
+
+__all__ = [
+  "Sign",
+  "ScaledSign",
+  "ExponentialRounding",
+  "StandardDithering",
+  "NaturalDithering",
+  "Identity",
+  "Cast",
+  "sign",
+  "scaled_sign",
+  "natural_compression",
+  "exponential_rounding",
+  "standard_dithering",
+  "natural_dithering",
+  "identity",
+  "cast",
+]
+
+_F32_NAN_BITS = 0x7FC00000
+_MANTISSA = 0x7FFFFF
+
+
+def _as_bits(x: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+
+
+def _from_bits(u: jax.Array) -> jax.Array:
+  return jax.lax.bitcast_convert_type(u.astype(jnp.uint32), jnp.float32)
+
+
+def _negative(x: jax.Array) -> jax.Array:
+  """1 where x < 0 else 0 (NaN and -0 count as positive), as uint32."""
+  return (x < 0).astype(jnp.uint32)
+
+
+def _signed(value: jax.Array, negative: jax.Array) -> jax.Array:
+  return jnp.where(negative == 1, -value, value)
+
+
+def _unit_uniform(bits: jax.Array) -> jax.Array:
+  """Uniform on {0, 2^-24, ..., 1 - 2^-24} from 32 random bits."""
+  return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+
+
+# -- sign and scaled sign -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Sign(_base.Compressor):
+  """sign(x), one bit per coordinate. See `sign`."""
+
+  def __repr__(self):
+    return "sign()"
+
+  def _encode(self, x, key):
+    return {"signs": _bitpack.pack(_negative(x), 1)}
+
+  def _decode(self, payload, d, dtype, key):
+    neg = _bitpack.unpack(payload["signs"], 1, d)
+    return (1.0 - 2.0 * neg.astype(jnp.float32)).astype(dtype)
+
+  def bits(self, d):
+    return 8 * _bitpack.packed_size(d, 1)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ScaledSign(_base.Compressor):
+  """(||x||_1 / d) sign(x). See `scaled_sign`."""
+
+  def __repr__(self):
+    return "scaled_sign()"
+
+  def _encode(self, x, key):
+    xf = x.astype(jnp.float32)
+    scale = _base.safe_norm(xf, 1.0) / x.shape[0]
+    return {"scale": scale, "signs": _bitpack.pack(_negative(xf), 1)}
+
+  def _decode(self, payload, d, dtype, key):
+    neg = _bitpack.unpack(payload["signs"], 1, d)
+    return _signed(jnp.broadcast_to(payload["scale"], (d,)), neg).astype(dtype)
+
+  def bits(self, d):
+    return 32 + 8 * _bitpack.packed_size(d, 1)
+
+  def b2(self, d):
+    # <C(x), x> = ||C(x)||^2 = ||x||_1^2 / d >= ||x||^2 / d.
+    return (1.0 / d, 1.0)
+
+  def b1(self, d):
+    return (1.0 / d, 1.0)
+
+
+# -- exponential rounding and natural compression -------------------------------------------
+
+
+def _round_up_allowed(hi: jax.Array, dtype) -> jax.Array:
+  """Rounding up to ``hi`` is allowed only if hi is finite in the output dtype."""
+  return hi <= jnp.float32(jnp.finfo(dtype).max)
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class ExponentialRounding(_base.Compressor):
+  """Rounds |x_i| to a power of ``base``, keeping the sign. See `exponential_rounding`."""
+
+  base: float = 2.0
+  unbiased: bool = True
+  natural: bool = False  # only changes the name: natural_compression()
+
+  def __repr__(self):
+    if self.natural:
+      return "natural_compression()"
+    kw = "" if self.unbiased else ", unbiased=False"
+    return f"exponential_rounding(base={self.base!r}{kw})"
+
+  @property
+  def needs_key(self):
+    return self.unbiased
+
+  # Exponent codes: 0 is zero, c in 1 .. n is base ** (k_lo + c - 1), n + 1 is NaN.
+  def _exponent_range(self) -> tuple[int, int]:
+    b = self.base
+    if b == 2.0:
+      return -126, 127
+    k_lo = math.ceil(math.log(np.finfo(np.float32).tiny) / math.log(b))
+    k_hi = math.floor(math.log(np.finfo(np.float32).max) / math.log(b))
+    # Guard against rounding in the logarithms: every table entry must be a finite normal.
+    while float(np.float32(b**k_lo)) < np.finfo(np.float32).tiny:
+      k_lo += 1
+    while not np.isfinite(np.float32(np.float64(b) ** k_hi)):
+      k_hi -= 1
+    return k_lo, k_hi
+
+  def _num_codes(self) -> int:
+    k_lo, k_hi = self._exponent_range()
+    return k_hi - k_lo + 3
+
+  def _code_bits(self) -> int:
+    return 1 + max(1, math.ceil(math.log2(self._num_codes())))
+
+  def _table(self) -> np.ndarray:
+    """Decoded magnitude of every code (0, powers, NaN, and one +inf sentinel)."""
+    k_lo, k_hi = self._exponent_range()
+    powers = np.float64(self.base) ** np.arange(k_lo, k_hi + 1, dtype=np.float64)
+    return np.concatenate([[0.0], powers, [np.nan, np.inf]]).astype(np.float32)
+
+  def bits(self, d):
+    return 8 * _bitpack.packed_size(d, self._code_bits())
+
+  def _encode(self, x, key):
+    xf = x.astype(jnp.float32)
+    if self.base == 2.0:
+      code = self._exponent_code_base2(xf, key, x.dtype)
+    else:
+      code = self._exponent_code(xf, key, x.dtype)
+    return {"codes": _bitpack.pack((code << 1) | _negative(xf), self._code_bits())}
+
+  def _exponent_code_base2(self, xf, key, dtype):
+    # Read exponent e and mantissa m of |x| = 2^(e - 127) (1 + m / 2^23); round up to
+    # 2^(e - 126) with probability m / 2^23 (exact), or at the midpoint when deterministic.
+    # Subnormals (e = 0) round the same way between 0 and 2^-126.
+    u = _as_bits(xf)
+    e = (u >> 23) & jnp.uint32(0xFF)
+    m = u & jnp.uint32(_MANTISSA)
+    if self.unbiased:
+      up = (_random.uniform_bits(key, xf.shape[0]) >> 9) < m
+    else:
+      up = m >= jnp.uint32(1 << 22)
+    e_max = 127 + jnp.finfo(dtype).maxexp - 1  # top binade of the output dtype
+    up = up & (e < jnp.uint32(e_max))
+    return jnp.where(e == 0xFF, jnp.uint32(0xFF), e + up.astype(jnp.uint32))
+
+  def _exponent_code(self, xf, key, dtype):
+    k_lo, k_hi = self._exponent_range()
+    n = k_hi - k_lo + 1
+    table = jnp.asarray(self._table())
+    a = jnp.abs(xf)
+    # Candidate code c with table[c] <= a < table[c + 1], corrected after the logarithm.
+    safe_a = jnp.where(a > 0, a, 1.0)
+    c = jnp.floor(jnp.log2(safe_a) / math.log2(self.base)).astype(jnp.int32) - k_lo + 1
+    c = jnp.clip(c, 0, n)
+    c = jnp.where(a < table[c], c - 1, c)
+    c = jnp.clip(c, 0, n)
+    c = jnp.where((a >= table[jnp.minimum(c + 1, n)]) & (c < n), c + 1, c)
+    lo = table[c]
+    hi = jnp.where(c < n, table[jnp.minimum(c + 1, n)], jnp.inf)
+    if self.unbiased:
+      p = (a - lo) / (hi - lo)
+      up = _unit_uniform(_random.uniform_bits(key, xf.shape[0])) < p
+    else:
+      up = (a - lo) >= (hi - a)
+    up = up & _round_up_allowed(hi, dtype) & (c < n)
+    code = (c + up.astype(jnp.int32)).astype(jnp.uint32)
+    return jnp.where(jnp.isfinite(xf), code, jnp.uint32(n + 1))
+
+  def _decode(self, payload, d, dtype, key):
+    code = _bitpack.unpack(payload["codes"], self._code_bits(), d)
+    neg = code & jnp.uint32(1)
+    e = code >> 1
+    if self.base == 2.0:
+      value = jnp.where(e == 0xFF, _from_bits(jnp.uint32(_F32_NAN_BITS)), _from_bits(e << 23))
+    else:
+      value = jnp.asarray(self._table())[e]
+    return _signed(value, neg).astype(dtype)
+
+  def omega(self, d):
+    b = self.base
+    return (b + 1) ** 2 / (4 * b) - 1 if self.unbiased else math.inf
+
+  def b2(self, d):
+    if self.unbiased:
+      return super().b2(d)
+    # Nearest rounding multiplies x_i by r_i in [2 / (b + 1), 2b / (b + 1)].
+    b = self.base
+    return (2 / (b + 1), 2 * b / (b + 1))
+
+  def delta(self, d):
+    if self.unbiased:
+      return super().delta(d)
+    b = self.base
+    return (b + 1) ** 2 / (4 * b)
+
+
+# -- dithering ------------------------------------------------------------------------------
+
+
+def _level_bits(levels: int) -> int:
+  return 1 + math.ceil(math.log2(levels + 1))
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class _Dithering(_base.Compressor):
+  levels: int = 1
+  norm: float = 2.0
+  unbiased = True
+  needs_key = True
+
+  def __repr__(self):
+    kw = "" if self.norm == 2.0 else f", norm={self.norm!r}"
+    return f"{self._fn}({self.levels}{kw})"
+
+  def bits(self, d):
+    return 32 + 8 * _bitpack.packed_size(d, _level_bits(self.levels))
+
+  def _encode(self, x, key):
+    xf = x.astype(jnp.float32)
+    norm = _base.safe_norm(xf, self.norm)
+    # Zero, or a norm flushed to zero from subnormal inputs, gives all-zero levels.
+    u = jnp.clip(jnp.abs(xf) / jnp.where(norm > 0, norm, 1.0), 0.0, 1.0)
+    level = self._levels_of(u, _random.uniform_bits(key, xf.shape[0]))
+    codes = (level << 1) | _negative(xf)
+    return {"norm": norm, "codes": _bitpack.pack(codes, _level_bits(self.levels))}
+
+  def _decode(self, payload, d, dtype, key):
+    codes = _bitpack.unpack(payload["codes"], _level_bits(self.levels), d)
+    value = payload["norm"] * self._value_of(codes >> 1)
+    return _signed(value, codes & jnp.uint32(1)).astype(dtype)
+
+  def _r(self) -> float:
+    return min(self.norm, 2.0)
+
+
+class StandardDithering(_Dithering):
+  """QSGD-style dithering onto {0, 1/s, ..., 1}. See `standard_dithering`."""
+
+  _fn = "standard_dithering"
+
+  def _levels_of(self, u, bits):
+    s = self.levels
+    t = u * s
+    lower = jnp.floor(t)
+    up = _unit_uniform(bits) < (t - lower)
+    return jnp.minimum(lower + up, s).astype(jnp.uint32)
+
+  def _value_of(self, level):
+    return level.astype(jnp.float32) / self.levels
+
+  def omega(self, d):
+    r, s = self._r(), self.levels
+    return min(d ** (2 / r) / s**2, d ** (1 / r) / s)
+
+
+class NaturalDithering(_Dithering):
+  """Dithering onto {0, 2^(1-s), ..., 1/2, 1}. See `natural_dithering`."""
+
+  _fn = "natural_dithering"
+
+  def _levels_of(self, u, bits):
+    s = self.levels
+    ub = _as_bits(u)
+    e = (ub >> 23).astype(jnp.int32)  # u = 2^(e - 127) (1 + m / 2^23)
+    m = ub & jnp.uint32(_MANTISSA)
+    # Level j stands for 2^(j - s). In a binade [2^(j - s), 2^(j - s + 1)) round up with
+    # probability m / 2^23 (exact); below 2^(1 - s) round between 0 and level 1.
+    binade = e - 127 + s + ((bits >> 9) < m).astype(jnp.int32)
+    small = (_unit_uniform(bits) < u * jnp.float32(2.0 ** (s - 1))).astype(jnp.int32)
+    level = jnp.where(e >= 128 - s, binade, small)
+    return jnp.clip(level, 0, s).astype(jnp.uint32)
+
+  def _value_of(self, level):
+    exponent = (level.astype(jnp.int32) + 127 - self.levels).astype(jnp.uint32) << 23
+    return jnp.where(level > 0, _from_bits(exponent), 0.0)
+
+  def omega(self, d):
+    r = self._r()
+    t = d ** (1 / r) * 2.0 ** (1 - self.levels)
+    return 1 / 8 + t * min(1.0, t)
+
+
+# -- identity and casts ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Identity(_base.Compressor):
+  """No compression. See `identity`."""
+
+  unbiased = True
+
+  def __repr__(self):
+    return "identity()"
+
+  def _encode(self, x, key):
+    return {"values": x}
+
+  def _decode(self, payload, d, dtype, key):
+    return payload["values"].astype(dtype)
+
+  def bits(self, d):
+    return 32 * d
+
+  def omega(self, d):
+    return 0.0
+
+
+_CAST_DTYPES = {jnp.dtype(jnp.bfloat16): 8, jnp.dtype(jnp.float16): 11, jnp.dtype(jnp.float32): 24}
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Cast(_base.Compressor):
+  """Round-to-nearest cast to a narrower float, saturating at its largest value."""
+
+  dtype: jnp.dtype = jnp.dtype(jnp.bfloat16)
+
+  def __repr__(self):
+    return f"cast({jnp.dtype(self.dtype).name})"
+
+  def _unit_roundoff(self) -> float:
+    return 2.0 ** -_CAST_DTYPES[jnp.dtype(self.dtype)]
+
+  def _encode(self, x, key):
+    fmax = jnp.finfo(self.dtype).max
+    xf = x.astype(jnp.float32)
+    return {"values": jnp.clip(xf, -fmax, fmax).astype(self.dtype)}
+
+  def _decode(self, payload, d, dtype, key):
+    return payload["values"].astype(dtype)
+
+  def bits(self, d):
+    return 8 * jnp.dtype(self.dtype).itemsize * d
+
+  def b2(self, d):
+    u = self._unit_roundoff()
+    return (1.0 - u, 1.0 + u)
+
+  def delta(self, d):
+    # |fl(x_i) - x_i| <= u |x_i| in the target's normal range.
+    return 1.0 / (1.0 - self._unit_roundoff() ** 2)
+
+
+# -- factories ------------------------------------------------------------------------------
+
+
+def sign() -> Sign:
+  r"""Sign compression: C(x) = sign(x), one bit per coordinate.
+
+  sign(0) is +1 (one bit cannot say 0), and NaN maps to +1: a 1-bit wire cannot signal a
+  non-finite input, so check gradients first (e.g. ``optax.apply_if_finite``). The operator
+  is in none of the classes (its norm does not scale with x), so ``delta`` is ``inf``; use
+  `scaled_sign` or majority vote for a contractive variant.
+
+  References:
+    Bernstein et al., signSGD: Compressed Optimisation for Non-Convex Problems, 2018,
+    https://arxiv.org/abs/1802.04434
+  """
+  return Sign()
+
+
+def scaled_sign() -> ScaledSign:
+  r"""Scaled sign: C(x) = (||x||_1 / d) sign(x), in B3(d), B2(1/d, 1).
+
+  Proof: ||C(x) - x||^2 = ||x||^2 - ||x||_1^2 / d <= (1 - 1/d) ||x||^2. The scale is a float32
+  computed as max|x| * mean(|x| / max|x|), so it never overflows; an all-zero input gives 0.
+  Wire: 32 + d bits.
+
+  References:
+    Karimireddy et al., Error Feedback Fixes SignSGD and other Gradient Compression Schemes,
+    2019, https://arxiv.org/abs/1901.09847
+  """
+  return ScaledSign()
+
+
+def natural_compression() -> ExponentialRounding:
+  r"""Natural compression C_nat: unbiased random rounding of |x_i| to a power of two.
+
+  For 2^e <= |x_i| < 2^(e+1), C(x)_i = sign(x_i) 2^(e+1) with probability |x_i| / 2^e - 1 and
+  sign(x_i) 2^e otherwise; C(0) = 0. C_nat is in U(1/8); the bound is attained at
+  |x_i| = (4/3) 2^e. Wire: 9 bits per coordinate (sign + the float32 exponent byte).
+
+  The probability is exact: the round-up test compares 23 random bits with the mantissa.
+  Subnormal inputs round without bias to 0 or 2^-126. Values in the top binade of the
+  input dtype (|x| >= 2^127 for float32 and bfloat16, >= 2^15 for float16) round down,
+  since the next power is not representable: the only place where C_nat is biased.
+  NaN and inf decode to NaN.
+
+  References:
+    Horvath et al., Natural Compression for Distributed Deep Learning, 2019,
+    https://arxiv.org/abs/1905.10988
+  """
+  return ExponentialRounding(2.0, True, natural=True)
+
+
+def exponential_rounding(base: float = 2.0, *, unbiased: bool = True) -> ExponentialRounding:
+  r"""Rounds |x_i| to a power of ``base``, keeping the sign.
+
+  Unbiased (random) rounding between neighbouring powers b^k <= |x_i| < b^(k+1) is in
+  U((b + 1)^2 / (4b) - 1). Deterministic rounding to the nearest power (linear distance,
+  ties up) is in B3((b + 1)^2 / (4b)) (9/8 for b = 2) and B2(2/(b+1), 2b/(b+1)).
+  Wire: a sign bit and an exponent code over the powers of b in the float32 normal range,
+  9 bits for b = 2. Below the smallest such power, |x_i| rounds between 0 and that power.
+
+  Args:
+    base: b > 1.
+    unbiased: random rounding (needs a key) or deterministic nearest rounding.
+
+  References:
+    Beznosikov et al., On Biased Compression for Distributed Learning, 2023,
+    https://arxiv.org/abs/2002.12410
+  """
+  if isinstance(base, bool) or not isinstance(base, (int, float)) or not 1.0 < base < math.inf:
+    raise ValueError(f"exponential_rounding: base must be a finite number > 1, got {base!r}")
+  if float(base) < 1.001:
+    raise ValueError(f"exponential_rounding: base must be >= 1.001 (code table), got {base!r}")
+  return ExponentialRounding(float(base), bool(unbiased))
+
+
+def standard_dithering(levels: int, *, norm: float = 2) -> StandardDithering:
+  r"""Standard (QSGD) dithering with s levels in the p-norm.
+
+  .. math::
+    C(x)_i = \|x\|_p \, \mathrm{sign}(x_i) \, \xi_s(|x_i| / \|x\|_p),
+
+  where xi_s rounds u in [0, 1] without bias to one of its neighbours in {0, 1/s, ..., 1}.
+  C is in U(omega) with omega = min(d^(2/r) / s^2, d^(1/r) / s), r = min(p, 2); for p = 2 this
+  is QSGD's min(d/s^2, sqrt(d)/s). Derivation: a coordinate's variance is at most
+  ||x||_p^2 min(1/(4 s^2), u_i / s), and ||x||_p <= d^(1/r - 1/2) ||x||_2.
+
+  Wire: a float32 norm, then per coordinate a sign bit and ceil(log2(s + 1)) level bits.
+  The norm is computed as max|x| * ||x / max|x|||_p (no overflow). Rounding probabilities
+  are resolved to 2^-24. A non-finite input makes the norm, and so every output, NaN.
+
+  Args:
+    levels: s >= 1.
+    norm: p >= 1, or ``math.inf``.
+
+  References:
+    Alistarh et al., QSGD: Communication-Efficient SGD via Gradient Quantization and
+    Encoding, 2017, https://arxiv.org/abs/1610.02132
+  """
+  _base.check_levels("standard_dithering", levels, 1 << 20)
+  return StandardDithering(int(levels), _base.check_norm("standard_dithering", norm))
+
+
+def natural_dithering(levels: int, *, norm: float = 2) -> NaturalDithering:
+  r"""Natural dithering with s levels in the p-norm: levels {0, 2^(1-s), ..., 1/2, 1}.
+
+  As `standard_dithering` with geometric levels; in U(omega) with
+  omega = 1/8 + d^(1/r) 2^(1-s) min(1, d^(1/r) 2^(1-s)), r = min(p, 2).
+  This is the single-stage definition of the paper. (The authors' public PyTorch code
+  implements a two-stage variant: standard dithering with 2^(s-1) levels followed by C_nat
+  of the levels.) Rounding inside a binade uses the exact mantissa test of C_nat.
+
+  Wire: a float32 norm, then per coordinate a sign bit and ceil(log2(s + 1)) level bits.
+
+  Args:
+    levels: s, 1 <= s <= 64.
+    norm: p >= 1, or ``math.inf``.
+
+  References:
+    Horvath et al., Natural Compression for Distributed Deep Learning, 2019,
+    https://arxiv.org/abs/1905.10988
+  """
+  _base.check_levels("natural_dithering", levels, 64)
+  return NaturalDithering(int(levels), _base.check_norm("natural_dithering", norm))
+
+
+def identity() -> Identity:
+  """No compression: C(x) = x, 32 bits per float32 coordinate. U(0), B3(1)."""
+  return Identity()
+
+
+def cast(dtype) -> Cast:
+  r"""Cast to a narrower float (bfloat16 or float16): the usual half-precision baseline.
+
+  Rounds to nearest and saturates at the target's largest finite value (so a finite input
+  stays finite). With unit roundoff u (2^-8 for bfloat16, 2^-11 for float16),
+  |C(x)_i - x_i| <= u |x_i| for inputs in the target's normal range, giving
+  B3(1 / (1 - u^2)) and B2(1 - u, 1 + u). Outside that range (underflow to zero or
+  saturation) the relative error can be larger: the constants hold for normal-range inputs.
+  """
+  dt = jnp.dtype(dtype)
+  if dt not in _CAST_DTYPES:
+    raise ValueError(f"cast: dtype must be bfloat16, float16 or float32, got {dtype!r}")
+  return Cast(dt)
