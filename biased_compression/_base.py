@@ -318,7 +318,9 @@ def safe_norm(x: jax.Array, p: float) -> jax.Array:
     s = jnp.sqrt(jnp.sum(y * y))
   else:
     s = jnp.sum(y**p) ** (1.0 / p)
-  return jnp.where(m > 0, m * s, 0.0)
+  # m is 0 for a zero vector and NaN when x holds a NaN: both pass through unchanged, so a
+  # non-finite input gives a non-finite norm instead of a silent zero.
+  return jnp.where(m > 0, m * s, m)
 
 
 def sign_bits(x: jax.Array) -> jax.Array:

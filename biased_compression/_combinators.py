@@ -161,7 +161,11 @@ class _Rescaled(_base.Compressor):
     return self.compressor._encode(x, key)
 
   def _decode(self, payload, d, dtype, key):
-    y = self.compressor._decode(payload, d, jnp.dtype(jnp.float32), key)
+    inner = self.compressor
+    if isinstance(inner, _sparsification.Sparsifier):
+      indices = inner._indices_from(payload, d, key)
+      return inner._place(payload["values"], indices, d, dtype, self.factor(d))
+    y = inner._decode(payload, d, jnp.dtype(jnp.float32), key)
     return (y * self.factor(d)).astype(dtype)
 
   def bits(self, d):

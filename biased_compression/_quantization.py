@@ -206,7 +206,7 @@ class ExponentialRounding(_base.Compressor):
     # Candidate code c with table[c] <= a < table[c + 1], corrected after the logarithm.
     safe_a = jnp.where(a > 0, a, 1.0)
     c = jnp.floor(jnp.log2(safe_a) / math.log2(self.base)).astype(jnp.int32) - k_lo + 1
-    c = jnp.clip(c, 0, n)
+    c = jnp.where(a > 0, jnp.clip(c, 0, n), 0)
     c = jnp.where(a < table[c], c - 1, c)
     c = jnp.clip(c, 0, n)
     c = jnp.where((a >= table[jnp.minimum(c + 1, n)]) & (c < n), c + 1, c)

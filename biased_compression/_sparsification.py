@@ -55,8 +55,10 @@ class Sparsifier(_base.Compressor):
       return None
     return payload["indices"].astype(jnp.int32)
 
-  def _place(self, values: jax.Array, indices, d: int, dtype) -> jax.Array:
-    scale = self._value_scale(d)
+  def _place(self, values: jax.Array, indices, d: int, dtype, factor: float = 1.0):
+    # One multiplication by the combined factor, so that contractive(rand_k) = (k/d)(d/k) x
+    # never overflows in between.
+    scale = self._value_scale(d) * factor
     if scale != 1.0:
       values = (values.astype(jnp.float32) * scale).astype(dtype)
     values = values.astype(dtype)
