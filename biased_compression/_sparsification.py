@@ -10,6 +10,7 @@ vector (this is how Top-k + natural dithering is built).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -120,6 +121,7 @@ class TopK(Sparsifier):
     return (self._density(d), 1.0)
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2))
 def _sample_subset(key: jax.Array, d: int, k: int) -> jax.Array:
   """A uniformly random k-subset of {0, ..., d-1} as int32 indices (k < d).
 
