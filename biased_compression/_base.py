@@ -304,23 +304,32 @@ def check_norm(fn: str, norm: Any) -> float:
 def safe_norm(x: jax.Array, p: float) -> jax.Array:
   """||x||_p of a float32 vector without overflow or underflow in the intermediate sums.
 
-  The vector is divided by max|x| first, so near-float32-max inputs give a finite norm and
-  all-zero inputs give 0. Returns a float32 scalar.
+  The direct sum and max|x| are one pass over x (XLA fuses sibling reductions). Only when the
+  direct sum overflows or its terms may underflow (max|x| < 1e-18) is the norm recomputed as
+  max|x| * ||x / max|x|||_p. Zero gives 0; a NaN in x gives NaN (never a silent zero).
+  Returns a float32 scalar.
   """
-  m = jnp.max(jnp.abs(x))
+  a = jnp.abs(x)
+  m = jnp.max(a)
   if p == math.inf:
     return m
-  safe_m = jnp.where(m > 0, m, 1.0)
-  y = jnp.abs(x) / safe_m
-  if p == 1.0:
-    s = jnp.sum(y)
-  elif p == 2.0:
-    s = jnp.sqrt(jnp.sum(y * y))
-  else:
-    s = jnp.sum(y**p) ** (1.0 / p)
-  # m is 0 for a zero vector and NaN when x holds a NaN: both pass through unchanged, so a
-  # non-finite input gives a non-finite norm instead of a silent zero.
-  return jnp.where(m > 0, m * s, m)
+
+  def power_sum(y):
+    if p == 1.0:
+      return jnp.sum(y)
+    if p == 2.0:
+      return jnp.sqrt(jnp.sum(y * y))
+    return jnp.sum(y**p) ** (1.0 / p)
+
+  direct = power_sum(a)
+
+  def rescaled():
+    safe_m = jnp.where(m > 0, m, 1.0)
+    return jnp.where(m > 0, m * power_sum(a / safe_m), m)
+
+  fast = jnp.isfinite(direct) & (m >= 1e-18)
+  # m is 0 for a zero vector and NaN when x holds a NaN: rescaled() passes both through.
+  return jax.lax.cond(fast, lambda: direct, rescaled)
 
 
 def sign_bits(x: jax.Array) -> jax.Array:

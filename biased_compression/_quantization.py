@@ -9,6 +9,11 @@ formats pack sub-byte codes with `_bitpack`:
 * natural compression / exponential rounding: sign bit + exponent code (9 bits for base 2).
 * dithering: a float32 norm + per coordinate a sign bit and ceil(log2(levels + 1)) level bits.
 
+Signs always travel as their own 1-bit plane, separate from the magnitude codes: packed
+together (``code << 1 | sign``), every plane of the combined code re-reads the random
+rounding, and encoding costs about 7x more at d = 2^24 (measured: 2.1x against 0.31x a
+float32 multiply for natural compression's packing).
+
 On XLA's CPU backend arithmetic flushes subnormal floats to zero, so subnormal inputs
 behave as zeros in norms and scales; the exponent-based operators read the bits directly
 and round subnormals without bias to 0 or the smallest normal power.
@@ -163,8 +168,9 @@ class ExponentialRounding(_base.Compressor):
     k_lo, k_hi = self._exponent_range()
     return k_hi - k_lo + 3
 
-  def _code_bits(self) -> int:
-    return 1 + max(1, math.ceil(math.log2(self._num_codes())))
+  def _exponent_bits(self) -> int:
+    """Bits of an exponent code (the sign travels in its own plane)."""
+    return max(1, math.ceil(math.log2(self._num_codes())))
 
   def _table(self) -> np.ndarray:
     """Decoded magnitude of every code (0, powers, NaN, and one +inf sentinel)."""
@@ -173,7 +179,7 @@ class ExponentialRounding(_base.Compressor):
     return np.concatenate([[0.0], powers, [np.nan, np.inf]]).astype(np.float32)
 
   def bits(self, d):
-    return 8 * _bitpack.packed_size(d, self._code_bits())
+    return 8 * (_bitpack.packed_size(d, 1) + _bitpack.packed_size(d, self._exponent_bits()))
 
   def _encode(self, x, key):
     xf = x.astype(jnp.float32)
@@ -181,7 +187,10 @@ class ExponentialRounding(_base.Compressor):
       code = self._exponent_code_base2(xf, key, x.dtype)
     else:
       code = self._exponent_code(xf, key, x.dtype)
-    return {"codes": _bitpack.pack((code << 1) | _negative(xf), self._code_bits())}
+    return {
+      "signs": _bitpack.pack(_negative(xf), 1),
+      "exponents": _bitpack.pack(code, self._exponent_bits()),
+    }
 
   def _exponent_code_base2(self, xf, key, dtype):
     # Read exponent e and mantissa m of |x| = 2^(e - 127) (1 + m / 2^23); round up to
@@ -222,9 +231,8 @@ class ExponentialRounding(_base.Compressor):
     return jnp.where(jnp.isfinite(xf), code, jnp.uint32(n + 1))
 
   def _decode(self, payload, d, dtype, key):
-    code = _bitpack.unpack(payload["codes"], self._code_bits(), d)
-    neg = code & jnp.uint32(1)
-    e = code >> 1
+    neg = _bitpack.unpack(payload["signs"], 1, d)
+    e = _bitpack.unpack(payload["exponents"], self._exponent_bits(), d)
     if self.base == 2.0:
       value = jnp.where(e == 0xFF, _from_bits(jnp.uint32(_F32_NAN_BITS)), _from_bits(e << 23))
     else:
@@ -253,7 +261,8 @@ class ExponentialRounding(_base.Compressor):
 
 
 def _level_bits(levels: int) -> int:
-  return 1 + math.ceil(math.log2(levels + 1))
+  """Bits of a level code in 0 .. levels (the sign travels in its own plane)."""
+  return math.ceil(math.log2(levels + 1))
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -264,11 +273,13 @@ class _Dithering(_base.Compressor):
   needs_key = True
 
   def __repr__(self):
-    kw = "" if self.norm == 2.0 else f", norm={self.norm!r}"
+    norm = "math.inf" if self.norm == math.inf else repr(self.norm)
+    kw = "" if self.norm == 2.0 else f", norm={norm}"
     return f"{self._fn}({self.levels}{kw})"
 
   def bits(self, d):
-    return 32 + 8 * _bitpack.packed_size(d, _level_bits(self.levels))
+    level_bits = _level_bits(self.levels)
+    return 32 + 8 * (_bitpack.packed_size(d, 1) + _bitpack.packed_size(d, level_bits))
 
   def _encode(self, x, key):
     xf = x.astype(jnp.float32)
@@ -276,13 +287,16 @@ class _Dithering(_base.Compressor):
     # Zero, or a norm flushed to zero from subnormal inputs, gives all-zero levels.
     u = jnp.clip(jnp.abs(xf) / jnp.where(norm > 0, norm, 1.0), 0.0, 1.0)
     level = self._levels_of(u, _random.uniform_bits(key, xf.shape[0]))
-    codes = (level << 1) | _negative(xf)
-    return {"norm": norm, "codes": _bitpack.pack(codes, _level_bits(self.levels))}
+    return {
+      "norm": norm,
+      "signs": _bitpack.pack(_negative(xf), 1),
+      "levels": _bitpack.pack(level, _level_bits(self.levels)),
+    }
 
   def _decode(self, payload, d, dtype, key):
-    codes = _bitpack.unpack(payload["codes"], _level_bits(self.levels), d)
-    value = payload["norm"] * self._value_of(codes >> 1)
-    return _signed(value, codes & jnp.uint32(1)).astype(dtype)
+    level = _bitpack.unpack(payload["levels"], _level_bits(self.levels), d)
+    neg = _bitpack.unpack(payload["signs"], 1, d)
+    return _signed(payload["norm"] * self._value_of(level), neg).astype(dtype)
 
   def _r(self) -> float:
     return min(self.norm, 2.0)
@@ -370,7 +384,7 @@ class Cast(_base.Compressor):
   dtype: jnp.dtype = jnp.dtype(jnp.bfloat16)
 
   def __repr__(self):
-    return f"cast({jnp.dtype(self.dtype).name})"
+    return f"cast(jnp.{jnp.dtype(self.dtype).name})"
 
   def _unit_roundoff(self) -> float:
     return 2.0 ** -_CAST_DTYPES[jnp.dtype(self.dtype)]

@@ -247,7 +247,7 @@ def test_wire_widths():
   assert bc.rand_k(k=10, shared_indices=True).bits(d) == 320
   assert bc.rand_k(k=10).bits(d) == 10 * (32 + 16)
   assert bc.cast(jnp.bfloat16).bits(d) == 16 * d
-  assert bc.top_k_natural_dithering(k=10, levels=7).bits(d) == 10 * 16 + 32 + 10 * 4
+  assert bc.top_k_natural_dithering(k=16, levels=7).bits(d) == 16 * 16 + 32 + 16 * 4
   assert bc.induced(bc.top_k(k=10), bc.rand_k(k=5)).bits(d) == 10 * 48 + 5 * 48
 
 
@@ -348,6 +348,12 @@ def test_shard_map_equals_per_device(name):
   for i in range(n):
     expected = _compress(c, xs_host[i], keys_host[i])
     np.testing.assert_allclose(out[i], expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_name_rebuilds_the_operator(name):
+  c = REGISTRY[name]
+  assert eval(c.name, {"bc": bc, "jnp": jnp, "math": math, **vars(bc)}) == c
 
 
 def test_compressors_are_hashable_and_static():

@@ -1,0 +1,273 @@
+"""Benchmarks behind ``biased-compression bench``: timing helpers, the compressor benchmark,
+plain-text tables and the JSON record writer.
+
+Every benchmark reports its times next to a memory-bound reference measured on the same
+array in the same run, ``jax.jit(lambda x: x * 1.0001)`` (one read and one write of the
+array), so that ratios can be compared across machines. Each benchmark returns a list of
+flat dicts (one per measurement) that `write_record` stores with the machine description.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import pathlib
+import platform
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from tqdm import tqdm
+
+from biased_compression import _base
+
+__all__ = [
+  "time_call",
+  "reference_ms",
+  "bench_compressors",
+  "machine_info",
+  "write_record",
+  "format_table",
+  "format_sig",
+  "compressor_bench_tables",
+]
+
+
+def time_call(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> float:
+  """Minimum wall time of ``fn(*args)`` in milliseconds over ``repeats`` calls.
+
+  One warm-up call (compilation for a jitted ``fn``) runs first and is not counted; every
+  call is followed by ``jax.block_until_ready`` on its result.
+
+  Args:
+    fn: the function to time, typically a ``jax.jit``-ed one.
+    *args: its arguments, already on the device.
+    repeats: number of timed calls, >= 1.
+
+  Returns:
+    The fastest timed call, in milliseconds.
+  """
+  if repeats < 1:
+    raise ValueError(f"time_call: repeats must be >= 1, got {repeats!r}")
+  jax.block_until_ready(fn(*args))
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    best = min(best, time.perf_counter() - start)
+  return 1e3 * best
+
+
+_reference = jax.jit(lambda x: x * 1.0001)
+_read_reference = jax.jit(jnp.sum)
+
+
+def reference_ms(x: jax.Array, repeats: int = 5) -> float:
+  """Time of the memory-bound reference ``x * 1.0001`` on ``x``, in milliseconds."""
+  return time_call(_reference, x, repeats=repeats)
+
+
+def read_reference_ms(x: jax.Array, repeats: int = 5) -> float:
+  """Time of one read of ``x`` (``jnp.sum``), in milliseconds.
+
+  At d >= 2^23 on CPU most of the multiply reference is spent allocating its fresh output
+  buffer (page faults), which encoders with small outputs never pay; this read-only
+  reference is recorded beside it so that such ratios can be read both ways.
+  """
+  return time_call(_read_reference, x, repeats=repeats)
+
+
+def _encoder(c: _base.Compressor) -> Callable[[jax.Array, jax.Array], Any]:
+  # The key is a jit argument (never a closed-over constant); deterministic operators
+  # ignore it, exactly as `encode` does.
+  return jax.jit(lambda x, key: c.encode(x, key=key if c.needs_key else None))
+
+
+def _decoder(c: _base.Compressor, d: int) -> Callable[[Any, jax.Array], jax.Array]:
+  return jax.jit(lambda p, key: c.decode(p, (d,), jnp.float32, key=key if c.needs_key else None))
+
+
+def bench_compressors(
+  compressors: Mapping[str, _base.Compressor],
+  sizes: Sequence[int],
+  *,
+  repeats: int = 5,
+  seed: int = 0,
+  on_size_done: Callable[[int, list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+  """Times ``encode`` and ``decode`` of every compressor on a float32 Gaussian vector.
+
+  For each ``d = 2**s`` the reference ``x * 1.0001`` is timed before and after the
+  compressors (the minimum of both is used), so that slow drifts of the machine do not
+  bias the ratios. Encode and decode are jitted separately and timed by `time_call`;
+  decode is timed on a payload encoded once beforehand. Random operators get the fixed key
+  ``jax.random.key(seed)`` as a jit argument.
+
+  Args:
+    compressors: name -> compressor, e.g. ``standard_compressors()``.
+    sizes: base-2 logarithms of the vector sizes.
+    repeats: timed calls per measurement (the minimum is kept), after one warm-up call.
+    seed: seed of the input vector and of the key.
+    on_size_done: called as ``on_size_done(d, rows)`` when a size is finished, with that
+      size's result rows (used to print tables as they complete).
+
+  Returns:
+    One dict per (size, compressor) with keys ``compressor, operator, d, encode_ms,
+    decode_ms, reference_ms, encode_ratio, decode_ratio, bits_per_coord``.
+  """
+  results: list[dict[str, Any]] = []
+  key = jax.random.key(seed)
+  total = len(sizes) * len(compressors)
+  with tqdm(total=total, disable=None, file=sys.stderr, desc="bench compressors") as bar:
+    for s in sizes:
+      d = 1 << s
+      x = jax.block_until_ready(jax.random.normal(jax.random.fold_in(key, s), (d,), jnp.float32))
+      ref_before = reference_ms(x, repeats)
+      read_before = read_reference_ms(x, repeats)
+      timings = []
+      for name, c in compressors.items():
+        bar.set_postfix_str(f"d=2^{s} {name}", refresh=False)
+        encode = _encoder(c)
+        decode = _decoder(c, d)
+        encode_ms = time_call(encode, x, key, repeats=repeats)
+        payload = jax.block_until_ready(encode(x, key))
+        decode_ms = time_call(decode, payload, key, repeats=repeats)
+        del payload
+        timings.append((name, c, encode_ms, decode_ms))
+        bar.update(1)
+      ref = min(ref_before, reference_ms(x, repeats))
+      read_ref = min(read_before, read_reference_ms(x, repeats))
+      rows = [
+        {
+          "compressor": name,
+          "operator": c.name,
+          "d": d,
+          "encode_ms": encode_ms,
+          "decode_ms": decode_ms,
+          "reference_ms": ref,
+          "encode_ratio": encode_ms / ref,
+          "decode_ratio": decode_ms / ref,
+          "read_reference_ms": read_ref,
+          "encode_read_ratio": encode_ms / read_ref,
+          "bits_per_coord": c.bits(d) / d,
+        }
+        for name, c, encode_ms, decode_ms in timings
+      ]
+      results.extend(rows)
+      if on_size_done is not None:
+        on_size_done(d, rows)
+  return results
+
+
+def compressor_bench_tables(results: Iterable[Mapping[str, Any]]) -> str:
+  """Plain-text tables of `bench_compressors` results, one per vector size."""
+  by_d: dict[int, list[Mapping[str, Any]]] = {}
+  for row in results:
+    by_d.setdefault(row["d"], []).append(row)
+  blocks = []
+  for d, rows in by_d.items():
+    s = d.bit_length() - 1
+    size = f"2^{s}" if d == 1 << s else str(d)
+    title = (
+      f"d = {size} = {d} float32 (x ~ N(0, 1)); reference x * 1.0001: "
+      f"{rows[0]['reference_ms']:.4g} ms, read-only sum(x): {rows[0]['read_reference_ms']:.4g} "
+      "ms; times are the min over the repeats"
+    )
+    table = format_table(
+      ["name", "bits/coord", "encode ms", "decode ms", "encode/ref", "decode/ref", "encode/read"],
+      [
+        [
+          r["compressor"],
+          f"{r['bits_per_coord']:.2f}",
+          f"{r['encode_ms']:.4g}",
+          f"{r['decode_ms']:.4g}",
+          f"{r['encode_ratio']:.3g}",
+          f"{r['decode_ratio']:.3g}",
+          f"{r['encode_read_ratio']:.3g}",
+        ]
+        for r in rows
+      ],
+      align="<rrrrrr",
+    )
+    blocks.append(f"{title}\n{table}")
+  return "\n\n".join(blocks)
+
+
+def machine_info() -> dict[str, Any]:
+  """Where a benchmark ran: platform, CPU count, JAX version and device kind."""
+  device = jax.devices()[0]
+  return {
+    "platform": platform.platform(),
+    "machine": platform.machine(),
+    "processor": platform.processor(),
+    "python": platform.python_version(),
+    "cpu_count": os.cpu_count(),
+    "jax": jax.__version__,
+    "backend": jax.default_backend(),
+    "device_kind": device.device_kind,
+    "device_count": jax.device_count(),
+  }
+
+
+def write_record(
+  path: str | os.PathLike[str], results: Sequence[Mapping[str, Any]], argv: Sequence[str]
+) -> dict[str, Any]:
+  """Writes a benchmark record as JSON: machine, date, command and results.
+
+  Shared by every ``bench`` subcommand, so all records have the same layout.
+
+  Args:
+    path: output file; missing parent directories are created.
+    results: the benchmark's result rows (JSON-serialisable dicts).
+    argv: the command line arguments (without the program name).
+
+  Returns:
+    The record that was written.
+  """
+  record = {
+    "machine": machine_info(),
+    "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    "command": ["biased-compression", *argv],
+    "results": [dict(r) for r in results],
+  }
+  out = pathlib.Path(path)
+  out.parent.mkdir(parents=True, exist_ok=True)
+  out.write_text(json.dumps(record, indent=2) + "\n")
+  return record
+
+
+def format_sig(value: float, digits: int = 3) -> str:
+  """``value`` with ``digits`` significant digits; ``inf`` / ``nan`` spelled as such."""
+  return f"{value:.{digits}g}"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
+  """A plain-text table with a header and a dashed rule.
+
+  Args:
+    headers: column titles.
+    rows: the cells, already formatted as strings.
+    align: one character per column, ``<`` (left) or ``>`` / ``r`` (right); columns past
+      its end are right-aligned.
+
+  Returns:
+    The table, lines joined by newlines (no trailing newline).
+  """
+  widths = [len(h) for h in headers]
+  for row in rows:
+    widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+  aligns = ["<" if (align[i : i + 1] == "<") else ">" for i in range(len(headers))]
+
+  def line(cells: Sequence[str]) -> str:
+    return "  ".join(f"{c:{a}{w}}" for c, a, w in zip(cells, aligns, widths, strict=True)).rstrip()
+
+  out = [line(headers), "  ".join("-" * w for w in widths)]
+  out.extend(line(row) for row in rows)
+  return "\n".join(out)
