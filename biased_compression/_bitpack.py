@@ -5,9 +5,11 @@ packs them here. A ``bits``-wide code is split into "planes" of widths 8, 4, 2 a
 example 9 = 8 + 1, 3 = 2 + 1); a plane of width ``w`` stores ``8 // w`` codes per byte,
 little-endian inside the byte (code ``j`` of a byte sits at bit ``w * j``). Each plane is
 one elementwise shift-and-or over the codes, which XLA fuses into a single pass, so packing
-costs about as much as reading the codes once. ``jnp.packbits`` does the same for one-bit
-planes only; the hand-written version serves every width with one code path and measured
-as fast for width 1 (see the README's Performance section).
+costs about as much as reading the codes once. ``jnp.packbits`` / ``jnp.unpackbits`` do the
+same for one-bit planes only; this module serves every width with one code path, written in
+their style (broadcast shifts in uint8). Measured for one-bit planes on the 2-core CPU:
+packing 1.8 ms vs 2.3 ms for ``jnp.packbits`` at d = 2^24 (0.45 vs 0.32 ms at 2^22); a sign
+decode 20.0 ms vs 20.7 ms with ``jnp.unpackbits`` at 2^24 (0.77 vs 0.57 ms at 2^22).
 
 The packed size of ``n`` codes of width ``bits`` is ``sum(ceil(n * w / 8))`` over the planes,
 which is ``ceil(n * bits / 8)`` whenever ``n`` is a multiple of 8.
@@ -78,7 +80,6 @@ def unpack(packed: jax.Array, bits: int, n: int) -> jax.Array:
     raise ValueError(
       f"packed must have shape ({expected},) for n={n}, bits={bits}, got {packed.shape}"
     )
-  packed = packed.astype(jnp.uint32)
   codes = None
   offset = 0
   for shift, width in planes(bits):
@@ -86,12 +87,12 @@ def unpack(packed: jax.Array, bits: int, n: int) -> jax.Array:
     m = math.ceil(n / per)
     chunk = packed[offset : offset + m]
     offset += m
-    if per == 1:
-      sub = chunk
-    else:
-      mask = jnp.uint32((1 << width) - 1)
-      sub = jnp.stack([(chunk >> (width * j)) & mask for j in range(per)], axis=1)
-      sub = sub.reshape(-1)[:n]
+    if per > 1:
+      # One broadcast shift in uint8, as jnp.unpackbits does: 4.6x faster than shifting
+      # slices in uint32 and stacking them (sign decode at d = 2^22).
+      shifts = jnp.arange(0, 8, width, dtype=jnp.uint8)
+      chunk = ((chunk[:, None] >> shifts) & jnp.uint8((1 << width) - 1)).reshape(-1)[:n]
+    sub = chunk.astype(jnp.uint32)
     sub = sub << shift if shift else sub
     codes = sub if codes is None else codes | sub
   return codes
