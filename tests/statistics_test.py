@@ -157,6 +157,20 @@ def test_sparsifiers_tight_cases():
   assert _ratio(c, VECTORS["one_hot"]) == pytest.approx(1 - 1 / c.delta(D), rel=1e-5)
 
 
+@pytest.mark.parametrize("d", [2, 10, 37])
+def test_adaptive_sparsification_draws_in_proportion_to_magnitude(d):
+  # P(i) = |x_i| / ||x||_1, checked entry by entry (no entry has zero variance but x_0 = 0,
+  # which must never be drawn); d = 10 and 37 exercise the padding of the two-stage draw.
+  c = bc.adaptive_random_sparsification()
+  x = np.arange(d, dtype=np.float64) * np.where(np.arange(d) % 3 == 1, -1.0, 1.0)
+  ys = sample(c, x)
+  counts = (ys != 0).sum(axis=0)
+  assert (ys != 0).sum(axis=1).max() == 1 and counts[0] == 0
+  p = np.abs(x) / np.abs(x).sum()
+  sd = np.sqrt(DRAWS * p * (1 - p))
+  assert np.all(np.abs(counts - DRAWS * p) <= 5 * sd + 1), (counts, DRAWS * p)
+
+
 def test_natural_compression_attains_one_eighth():
   c = bc.natural_compression()
   assert _ratio(c, VECTORS["cnat_worst"]) == pytest.approx(1 / 8, rel=0.02)
