@@ -149,11 +149,10 @@ class Compressor(abc.ABC):
     return None
 
   def b1(self, d: int) -> tuple[float, float] | None:
-    """B1(alpha, beta) constants (by default converted from B2: alpha = gamma^2)."""
+    """Native B1(alpha, beta) constants, or None (`b1_constants` then converts from B2)."""
     if self.unbiased:
       return (1.0, 1.0 + self.omega(d))
-    b2 = self.b2(d)
-    return None if b2 is None else (b2[0] ** 2, b2[1])
+    return None
 
   def delta(self, d: int) -> float:
     """B3 constant: E||C(x) - x||^2 <= (1 - 1/delta) ||x||^2; ``inf`` if not contractive."""
@@ -308,9 +307,10 @@ def check_norm(fn: str, norm: Any) -> float:
 def safe_norm(x: jax.Array, p: float) -> jax.Array:
   """||x||_p of a float32 vector without overflow or underflow in the intermediate sums.
 
-  The direct sum and max|x| are one pass over x (XLA fuses sibling reductions). Only when the
-  direct sum overflows or its terms may underflow (max|x| < 1e-18) is the norm recomputed as
-  max|x| * ||x / max|x|||_p. Zero gives 0; a NaN in x gives NaN (never a silent zero).
+  max|x| and the direct sum are two reductions over x (XLA on CPU does not fuse them; measured
+  1.3 ms together against 0.8 ms each at d = 2^22). Only when the direct sum overflows or its
+  terms may underflow (max|x| < 1e-18) is the norm recomputed as max|x| * ||x / max|x|||_p.
+  Zero gives 0; a NaN in x gives NaN (never a silent zero).
   Returns a float32 scalar.
   """
   a = jnp.abs(x)
@@ -334,8 +334,3 @@ def safe_norm(x: jax.Array, p: float) -> jax.Array:
   fast = jnp.isfinite(direct) & (m >= 1e-18)
   # m is 0 for a zero vector and NaN when x holds a NaN: rescaled() passes both through.
   return jax.lax.cond(fast, lambda: direct, rescaled)
-
-
-def sign_bits(x: jax.Array) -> jax.Array:
-  """1 where x is negative (sign bit set, -0 included), else 0, as uint32."""
-  return (jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32) >> 31).astype(jnp.uint32)
