@@ -3,6 +3,11 @@
 The compressor core: every operator is an immutable `Compressor` with ``compress``,
 ``encode`` / ``decode`` (a real bit-packed wire format), ``bits``, and its constants
 (``omega``, ``delta`` and the classes B1, B2, B3 of Beznosikov et al., 2023).
+
+The transformations: `compress`, `error_feedback`, `ef21`, `ef21_sgdm`, `econtrol` and
+`diana` are Optax transformations with explicit state, on one worker or, given an
+``axis_name``, on n workers (simulated under ``jax.vmap``; see `init_workers`). `bits_sent`
+reads the exact number of bits they sent from any optimizer state.
 """
 
 from biased_compression._base import ClassConstants
@@ -16,6 +21,18 @@ from biased_compression._combinators import contractive
 from biased_compression._combinators import induced
 from biased_compression._combinators import scaled
 from biased_compression._combinators import top_k_natural_dithering
+from biased_compression._compression import CompressState
+from biased_compression._compression import DianaState
+from biased_compression._compression import compress
+from biased_compression._compression import diana
+from biased_compression._error_feedback import EControlState
+from biased_compression._error_feedback import EF21SGDMState
+from biased_compression._error_feedback import EF21State
+from biased_compression._error_feedback import ErrorFeedbackState
+from biased_compression._error_feedback import econtrol
+from biased_compression._error_feedback import ef21
+from biased_compression._error_feedback import ef21_sgdm
+from biased_compression._error_feedback import error_feedback
 from biased_compression._quantization import cast
 from biased_compression._quantization import exponential_rounding
 from biased_compression._quantization import identity
@@ -28,23 +45,41 @@ from biased_compression._registry import standard_compressors
 from biased_compression._sparsification import adaptive_random_sparsification
 from biased_compression._sparsification import rand_k
 from biased_compression._sparsification import top_k
+from biased_compression._transforms import BitCount
+from biased_compression._transforms import bits_sent
+from biased_compression._transforms import init_workers
 
 __version__ = "0.1.0"
 
 __all__ = (
+  "BitCount",
   "ClassConstants",
+  "CompressState",
   "Compressor",
+  "DianaState",
+  "EControlState",
+  "EF21SGDMState",
+  "EF21State",
+  "ErrorFeedbackState",
   "adaptive_random_sparsification",
   "b1_constants",
   "b2_constants",
   "b3_constants",
+  "bits_sent",
   "cast",
   "class_constants",
   "compose",
+  "compress",
   "contractive",
+  "diana",
+  "econtrol",
+  "ef21",
+  "ef21_sgdm",
+  "error_feedback",
   "exponential_rounding",
   "identity",
   "induced",
+  "init_workers",
   "natural_compression",
   "natural_dithering",
   "rand_k",

@@ -1,0 +1,379 @@
+"""Error feedback: classic EF, EF21, EF21-SGDM and EControl as Optax transformations.
+
+Each is a factory returning an ``optax.GradientTransformationExtraArgs`` whose state is a
+``NamedTuple`` with a step ``count``, a raw PRNG key ``rng_key``, the method's per-worker
+vectors (float32, shaped like the updates) and a `BitCount` ``bits``. With ``axis_name`` the
+transformation is one worker of a distributed method and must run where that axis is bound
+(``jax.vmap(..., axis_name=...)`` for simulated workers, see `init_workers`, or
+``jax.shard_map``); the server's aggregate is the float32 mean of the workers' decoded
+messages. Without it, it is the single-node method.
+
+Options shared by every transformation of the library:
+
+* ``scope``: ``"leaf"`` compresses each leaf of the update on its own (as the papers' code
+  does per parameter tensor); ``"global"`` compresses all of them as one vector (global Top-k).
+  The constants of a per-leaf compressor are the worst leaf's (B3(max delta_l)).
+* ``start_step``: steps ``count < start_step`` send the dense message (in the leaf dtype)
+  instead of C(message); the state evolves exactly as with the identity compressor. It is
+  decided inside jit from the count.
+* ``min_size``: leaves with fewer elements (biases, norm scales) are always sent dense. This
+  is an option rather than an ``optax.masked`` recipe because masked leaves would bypass the
+  aggregation across workers.
+* ``seed``: the seed of the random operators (rand-k, dithering, ...).
+
+Under ``optax.inject_hyperparams`` the numeric hyper-parameters (``momentum``, ``eta``,
+``start_step``) can be injected; the compressor and ``min_size`` fix shapes and must be static:
+``optax.inject_hyperparams(bc.ef21_sgdm, static_args=("compressor", "min_size"))``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from biased_compression import _base
+from biased_compression import _transforms
+
+__all__ = [
+  "ErrorFeedbackState",
+  "EF21State",
+  "EF21SGDMState",
+  "EControlState",
+  "error_feedback",
+  "ef21",
+  "ef21_sgdm",
+  "econtrol",
+]
+
+EF21_INITS = ("zero", "compressed", "dense")
+
+
+class ErrorFeedbackState(NamedTuple):
+  """State of `error_feedback`: the accumulated compression error of this worker."""
+
+  count: jax.Array
+  rng_key: jax.Array
+  error: Any
+  bits: _transforms.BitCount
+
+
+class EF21State(NamedTuple):
+  """State of `ef21`: this worker's estimate g_i and the server's mean estimate g."""
+
+  count: jax.Array
+  rng_key: jax.Array
+  estimate: Any
+  mean_estimate: Any
+  bits: _transforms.BitCount
+
+
+class EF21SGDMState(NamedTuple):
+  """State of `ef21_sgdm`: momentum v_i, estimate g_i, and the mean estimate g."""
+
+  count: jax.Array
+  rng_key: jax.Array
+  momentum: Any
+  estimate: Any
+  mean_estimate: Any
+  bits: _transforms.BitCount
+
+
+class EControlState(NamedTuple):
+  """State of `econtrol`: error e_i, estimate h_i, and the mean estimate h."""
+
+  count: jax.Array
+  rng_key: jax.Array
+  error: Any
+  estimate: Any
+  mean_estimate: Any
+  bits: _transforms.BitCount
+
+
+def _add(a, b):
+  return [x + y for x, y in zip(a, b, strict=True)]
+
+
+def _sub(a, b):
+  return [x - y for x, y in zip(a, b, strict=True)]
+
+
+def error_feedback(
+  compressor: _base.Compressor,
+  *,
+  seed: int = 0,
+  axis_name: Any = None,
+  scope: str = "leaf",
+  start_step: int = 0,
+  min_size: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Classic error feedback (EF, "EF14"): compress the update plus the accumulated error.
+
+  For each worker i with update u_i and error e_i (zero at the start):
+
+  .. math::
+    p_i = u_i + e_i, \qquad \Delta_i = C(p_i), \qquad e_i \leftarrow p_i - \Delta_i,
+    \qquad \text{out} = \tfrac1n \textstyle\sum_i \Delta_i.
+
+  Nothing is lost: the sum of all outputs (n = 1) plus the final error equals the sum of all
+  inputs (to float32 rounding; the error is kept in float32 whatever the update dtype).
+
+  Where to chain it. After the learning rate, ``optax.chain(optax.sgd(lr),
+  error_feedback(C))`` compresses p_i = lr * g_i + e_i: this is EF-SGD exactly as analysed
+  (Stich et al., 2018; Karimireddy et al., 2019; Beznosikov et al., 2023). Before it,
+  ``optax.chain(error_feedback(C), optax.sgd(lr))`` compresses raw gradients and scales the
+  output. With a constant learning rate the two give the same iterates (the error is simply
+  scaled by lr); with a schedule they differ: chained after, an error made at step t is
+  applied at the learning rate of step t; chained before, at the rate of the step that
+  finally sends it. Chain it after the learning rate (and after adaptive scalings such as
+  Adam) to follow the papers.
+
+  C must be contractive (in B3): an unbiased compressor is rejected at the first update
+  unless wrapped as ``bc.contractive(C)``. A NaN in an update poisons the error for good;
+  wrap the chain in ``optax.apply_if_finite`` to skip such steps (the error is then kept).
+
+  Args:
+    compressor: the compressor C, e.g. ``bc.top_k(0.01)``.
+    seed: seed of the operator's randomness.
+    axis_name: the worker axis; None for one worker.
+    scope: ``"leaf"`` or ``"global"`` (see the module docstring).
+    start_step: dense steps before compression starts.
+    min_size: leaves smaller than this are sent dense.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with an `ErrorFeedbackState`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, biased_compression as bc
+    >>> tx = optax.chain(optax.sgd(0.1), bc.error_feedback(bc.top_k(k=1)))
+    >>> params = jnp.array([1.0, -2.0, 0.5])
+    >>> state = tx.init(params)
+    >>> updates, state = tx.update(params, state)  # gradient of |x|^2 / 2 is x
+    >>> updates
+    Array([ 0. ,  0.2,  0. ], dtype=float32)
+
+  References:
+    Seide et al., 1-bit stochastic gradient descent..., 2014.
+    Stich, Cordonnier, Jaggi, Sparsified SGD with memory, 2018, arXiv:1809.07599.
+    Karimireddy et al., Error feedback fixes SignSGD..., 2019, arXiv:1901.09847.
+    Beznosikov, Horvath, Richtarik, Safaryan, On biased compression for distributed
+    learning, 2023, arXiv:2002.12410.
+  """
+  opts = _transforms.common_options(
+    "error_feedback", compressor, seed, axis_name, scope, start_step, min_size
+  )
+
+  def algorithm(step, u, state):
+    p = _add(u, state["error"])
+    delta = step.local(p)
+    return step.mean(delta), {"error": _sub(p, delta)}
+
+  return _transforms.transformation(
+    "error_feedback",
+    ErrorFeedbackState,
+    ("error",),
+    algorithm,
+    compressor,
+    contractive=True,
+    **opts,
+  )
+
+
+def _ef21_step(step, v, estimate, mean_estimate):
+  """One EF21 step on messages v: c_i = C(v_i - g_i); g_i += c_i; g += mean(c)."""
+  c = step.local(_sub(v, estimate))
+  return _add(estimate, c), _add(mean_estimate, step.mean(c))
+
+
+def ef21(
+  compressor: _base.Compressor,
+  *,
+  init: str = "zero",
+  seed: int = 0,
+  axis_name: Any = None,
+  scope: str = "leaf",
+  start_step: int = 0,
+  min_size: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""EF21: each worker sends the compressed change of its gradient estimate.
+
+  .. math::
+    c_i = C(u_i - g_i), \qquad g_i \leftarrow g_i + c_i, \qquad
+    g \leftarrow g + \tfrac1n \textstyle\sum_i c_i, \qquad \text{out} = g.
+
+  The server keeps g = mean_i g_i without receiving the g_i. For a constant input u and C in
+  B3(delta), E||g_i - u||^2 shrinks by (1 - 1/delta) per step, so g tracks u.
+
+  Initial estimate (``init``):
+
+  * ``"zero"``: g_i = 0.
+  * ``"compressed"``: g_i = C(first update), as in the paper. This is the same trajectory as
+    ``"zero"``: with g_i = 0 the first step sends C(u_0) and sets g_i = C(u_0). Accepted so that
+    the paper's set-up can be named.
+  * ``"dense"``: g_i = the first update, sent uncompressed (one dense step; the same as
+    ``start_step=1``).
+
+  Args:
+    compressor: a contractive compressor C (B3).
+    init: ``"zero"``, ``"compressed"`` or ``"dense"``.
+    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with an `EF21State`. Chain it before the
+    learning rate (it compresses gradients): ``optax.chain(bc.ef21(C), optax.sgd(lr))``.
+
+  References:
+    Richtarik, Sokolov, Fatkhullin, EF21: a new, simpler, theoretically better, and
+    practically faster error feedback, 2021, arXiv:2106.05203.
+  """
+  opts = _transforms.common_options(
+    "ef21", compressor, seed, axis_name, scope, start_step, min_size
+  )
+  if init not in EF21_INITS:
+    raise ValueError(f"ef21: init must be one of {EF21_INITS}, got {init!r}")
+  if init == "dense":
+    opts["start_step"] = _at_least_one(opts["start_step"])
+
+  def algorithm(step, u, state):
+    est, mean_est = _ef21_step(step, u, state["estimate"], state["mean_estimate"])
+    return mean_est, {"estimate": est, "mean_estimate": mean_est}
+
+  return _transforms.transformation(
+    "ef21",
+    EF21State,
+    ("estimate", "mean_estimate"),
+    algorithm,
+    compressor,
+    contractive=True,
+    **opts,
+  )
+
+
+def _at_least_one(start_step):
+  if _transforms.is_concrete(start_step):
+    return max(int(jnp.asarray(start_step)), 1)
+  return jnp.maximum(start_step, 1)
+
+
+def ef21_sgdm(
+  compressor: _base.Compressor,
+  momentum: float = 0.9,
+  *,
+  seed: int = 0,
+  axis_name: Any = None,
+  scope: str = "leaf",
+  start_step: int = 0,
+  min_size: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""EF21-SGDM: EF21 applied to each worker's Polyak momentum of its stochastic gradients.
+
+  With momentum beta (the paper's eta = 1 - beta):
+
+  .. math::
+    v_i \leftarrow \beta v_i + (1 - \beta) u_i, \qquad c_i = C(v_i - g_i), \qquad
+    g_i \leftarrow g_i + c_i, \qquad g \leftarrow g + \tfrac1n \textstyle\sum_i c_i,
+    \qquad \text{out} = g.
+
+  v_i starts at the first update (our choice: it avoids damping the first steps by
+  1 - beta; the paper's analysis allows any initial estimate). ``momentum=0`` is `ef21`.
+
+  Args:
+    compressor: a contractive compressor C (B3).
+    momentum: beta in [0, 1).
+    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with an `EF21SGDMState`.
+
+  References:
+    Fatkhullin, Tyurin, Richtarik, Momentum provably improves error feedback!, NeurIPS 2023,
+    arXiv:2305.15155.
+  """
+  opts = _transforms.common_options(
+    "ef21_sgdm", compressor, seed, axis_name, scope, start_step, min_size
+  )
+  _transforms.check_unit_interval("ef21_sgdm", "momentum", momentum, low_open=False, high_open=True)
+
+  def algorithm(step, u, state):
+    first = step.count == 0
+    # float32 arithmetic whether momentum is a Python float or an injected hyper-parameter
+    beta = jnp.asarray(momentum, jnp.float32)
+    v = [
+      jnp.where(first, x, beta * m + (1.0 - beta) * x)
+      for x, m in zip(u, state["momentum"], strict=True)
+    ]
+    est, mean_est = _ef21_step(step, v, state["estimate"], state["mean_estimate"])
+    return mean_est, {"momentum": v, "estimate": est, "mean_estimate": mean_est}
+
+  return _transforms.transformation(
+    "ef21_sgdm",
+    EF21SGDMState,
+    ("momentum", "estimate", "mean_estimate"),
+    algorithm,
+    compressor,
+    contractive=True,
+    **opts,
+  )
+
+
+def econtrol(
+  compressor: _base.Compressor,
+  eta: float,
+  *,
+  seed: int = 0,
+  axis_name: Any = None,
+  scope: str = "leaf",
+  start_step: int = 0,
+  min_size: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+  r"""EControl: error feedback whose strength is controlled by eta.
+
+  .. math::
+    \Delta_i = C(\eta e_i + u_i - h_i), \qquad e_i \leftarrow e_i + u_i - h_i - \Delta_i,
+    \qquad h_i \leftarrow h_i + \Delta_i, \qquad
+    \text{out} = h + \tfrac1n \textstyle\sum_i \Delta_i \; (\text{the new } h).
+
+  One compressed message Delta_i both corrects the estimate h_i and feeds the error back.
+
+  Args:
+    compressor: a contractive compressor C (B3).
+    eta: the feedback strength in (0, 1] (the paper tunes it; small eta is more stable).
+    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with an `EControlState`. Chain it before the
+    learning rate: ``optax.chain(bc.econtrol(C, eta), optax.sgd(lr))``.
+
+  References:
+    Gao, Islamov, Stich, EControl: fast distributed optimization with compression and error
+    control, ICLR 2024, arXiv:2311.05645.
+  """
+  opts = _transforms.common_options(
+    "econtrol", compressor, seed, axis_name, scope, start_step, min_size
+  )
+  _transforms.check_unit_interval("econtrol", "eta", eta, low_open=True, high_open=False)
+
+  def algorithm(step, u, state):
+    e, h = state["error"], state["estimate"]
+    target = _sub(u, h)
+    eta32 = jnp.asarray(eta, jnp.float32)
+    delta = step.local([eta32 * ei + t for ei, t in zip(e, target, strict=True)])
+    mean_est = _add(state["mean_estimate"], step.mean(delta))
+    return mean_est, {
+      "error": _sub(_add(e, target), delta),
+      "estimate": _add(h, delta),
+      "mean_estimate": mean_est,
+    }
+
+  return _transforms.transformation(
+    "econtrol",
+    EControlState,
+    ("error", "estimate", "mean_estimate"),
+    algorithm,
+    compressor,
+    contractive=True,
+    **opts,
+  )

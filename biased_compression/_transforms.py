@@ -1,0 +1,457 @@
+"""Machinery shared by the Optax transformations: the compression plan, keys, bit accounting.
+
+Every transformation of the library (`compress`, `error_feedback`, `ef21`, ...) does the same
+three things each step, and this module does them once:
+
+1. **Plan** which leaves are compressed and how (static, from the shapes at trace time):
+   ``scope="leaf"`` compresses each leaf on its own, ``scope="global"`` concatenates every
+   compressed leaf into one vector (global Top-k); leaves with fewer than ``min_size``
+   elements are sent dense.
+2. **Compress** the per-worker messages: C applied group by group, or, before ``start_step``,
+   the dense message in the leaf dtype. The branch is chosen inside jit from the step count.
+3. **Aggregate** over ``axis_name`` (the mean of the decoded messages, in float32) and count
+   the bits sent.
+
+Randomness: the state holds a raw PRNG key that is split every step. With an axis name each
+worker folds its axis index into the step key; compressors with shared randomness (rand-k with
+``shared_indices=True``) use the step key unfolded, so every worker draws the same indices.
+
+Bits: each worker's state has a `BitCount` with the bits of the last step and the running
+total, stored exactly as two int32 words (high, low) in base 2^30 so that totals up to 2^61
+bits neither overflow int32 nor lose precision in float32. `bits_sent` reads them on the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from biased_compression import _base
+
+__all__ = ["BitCount", "bits_sent", "init_workers"]
+
+_WORD = 30  # bits per word of the exact counters
+_BASE = 1 << _WORD
+SCOPES = ("leaf", "global")
+
+
+class BitCount(NamedTuple):
+  """Bits one worker sent: the last step and the running total.
+
+  Each field is an int32 array of shape ``(2,)`` (``(n, 2)`` for the state of n simulated
+  workers) holding (high, low) words of the exact count ``high * 2**30 + low``. Use
+  `bits_sent` to read it.
+  """
+
+  step: jax.Array
+  total: jax.Array
+
+
+def _words(n: int) -> np.ndarray:
+  if not 0 <= n < 1 << (2 * _WORD + 1):
+    raise ValueError(f"bit count out of range: {n}")
+  return np.array([n >> _WORD, n & (_BASE - 1)], np.int32)
+
+
+def bits_init() -> BitCount:
+  zero = jnp.zeros((2,), jnp.int32)
+  return BitCount(step=zero, total=zero)
+
+
+def bits_add(bits: BitCount, step: jax.Array) -> BitCount:
+  """Adds one step's count (int32 words, low word < 2^30) to the running total."""
+  low = bits.total[..., 1] + step[..., 1]
+  carry = (low >= _BASE).astype(jnp.int32)
+  high = bits.total[..., 0] + step[..., 0] + carry
+  return BitCount(step=step, total=jnp.stack([high, low - carry * _BASE], axis=-1))
+
+
+def _value(x):
+  # Flax NNX wraps optimizer state leaves in variables.
+  if hasattr(x, "get_value"):
+    x = x.get_value()
+  return np.asarray(x)
+
+
+def bits_sent(state: Any, *, last_step: bool = False) -> int | np.ndarray:
+  """Exact number of bits sent, read from any optimizer state that holds our transformations.
+
+  Sums every `BitCount` found in ``state`` (an ``optax.chain`` of several of our
+  transformations counts each). Call it outside ``jit``.
+
+  Args:
+    state: an optimizer state (any pytree containing `BitCount` nodes).
+    last_step: return the bits of the last step instead of the running total.
+
+  Returns:
+    A Python int, or an int64 array with one entry per worker when the state has a leading
+    worker axis (from `init_workers`).
+
+  Example:
+    >>> import jax.numpy as jnp, optax, biased_compression as bc
+    >>> tx = bc.compress(bc.sign())
+    >>> params = {"w": jnp.zeros(1000)}
+    >>> state = tx.init(params)
+    >>> _, state = tx.update({"w": jnp.ones(1000)}, state)
+    >>> bc.bits_sent(state)
+    1000
+  """
+  counts = [
+    node
+    for node in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, BitCount))
+    if isinstance(node, BitCount)
+  ]
+  if not counts:
+    raise ValueError("bits_sent: state holds no biased_compression transformation state")
+  total = 0
+  for node in counts:
+    words = _value(node.step if last_step else node.total).astype(np.int64)
+    total = total + (words[..., 0] << _WORD) + words[..., 1]
+  return int(total) if np.ndim(total) == 0 else total
+
+
+def init_workers(tx: optax.GradientTransformation, params: optax.Params, num_workers: int):
+  """The state of ``num_workers`` simulated workers: ``tx.init(params)`` with a leading axis.
+
+  Every worker starts from the same state (the same seed: per-worker randomness comes from
+  the worker's axis index, folded into the key at each step). Use it with
+  ``jax.vmap(tx.update, in_axes=(0, 0, None), axis_name=...)``.
+
+  Args:
+    tx: a transformation, e.g. an ``optax.chain`` ending in ``error_feedback(...,
+      axis_name="workers")``.
+    params: the model parameters (one copy, shared by the workers).
+    num_workers: the number of simulated workers n >= 1.
+
+  Returns:
+    The state pytree with every leaf of shape ``(n, *leaf_shape)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax, biased_compression as bc
+    >>> tx = optax.chain(optax.sgd(0.1), bc.error_feedback(bc.top_k(k=1), axis_name="w"))
+    >>> params = jnp.zeros(4)
+    >>> state = bc.init_workers(tx, params, 3)
+    >>> grads = jnp.eye(3, 4)  # one gradient per worker
+    >>> step = jax.vmap(tx.update, in_axes=(0, 0, None), axis_name="w")
+    >>> updates, state = step(grads, state, params)
+    >>> updates.shape  # identical rows: the aggregated update, seen by each worker
+    (3, 4)
+  """
+  if isinstance(num_workers, bool) or not isinstance(num_workers, (int, np.integer)):
+    raise TypeError(f"init_workers: num_workers must be an int, got {num_workers!r}")
+  if num_workers < 1:
+    raise ValueError(f"init_workers: num_workers must be >= 1, got {num_workers!r}")
+  return jax.vmap(lambda _: tx.init(params))(jnp.arange(num_workers))
+
+
+# -- argument checks (values may be traced when the factory runs under inject_hyperparams) --
+
+
+def is_concrete(value) -> bool:
+  return not isinstance(value, jax.core.Tracer)
+
+
+def check_compressor(fn: str, compressor) -> None:
+  if not isinstance(compressor, _base.Compressor):
+    raise TypeError(
+      f"{fn}: compressor must be a biased_compression Compressor (e.g. bc.top_k(0.01)), "
+      f"got {compressor!r}"
+    )
+
+
+def check_options(fn: str, *, scope, start_step, min_size, seed, axis_name) -> None:
+  if scope not in SCOPES:
+    raise ValueError(f"{fn}: scope must be 'leaf' or 'global', got {scope!r}")
+  if is_concrete(start_step):
+    if isinstance(start_step, bool) or not float(np.asarray(start_step)).is_integer():
+      raise ValueError(f"{fn}: start_step must be an int >= 0, got {start_step!r}")
+    if np.asarray(start_step) < 0:
+      raise ValueError(f"{fn}: start_step must be an int >= 0, got {start_step!r}")
+  if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+    raise ValueError(
+      f"{fn}: min_size must be an int >= 0 (a static argument under inject_hyperparams), "
+      f"got {min_size!r}"
+    )
+  if is_concrete(seed) and (isinstance(seed, bool) or np.ndim(seed) != 0):
+    raise ValueError(f"{fn}: seed must be an int, got {seed!r}")
+  if axis_name is not None:
+    try:
+      hash(axis_name)
+    except TypeError:
+      raise ValueError(
+        f"{fn}: axis_name must be None or a hashable name, got {axis_name!r}"
+      ) from None
+
+
+def common_options(fn, compressor, seed, axis_name, scope, start_step, min_size) -> dict:
+  """Checks the options every transformation shares; returns them as keyword arguments."""
+  check_compressor(fn, compressor)
+  check_options(
+    fn, scope=scope, start_step=start_step, min_size=min_size, seed=seed, axis_name=axis_name
+  )
+  return dict(seed=seed, axis_name=axis_name, scope=scope, start_step=start_step, min_size=min_size)
+
+
+def check_unit_interval(fn: str, name: str, value, *, low_open: bool, high_open: bool) -> None:
+  """Checks low < value < high with each end open or closed; skips traced values."""
+  if not is_concrete(value):
+    return
+  try:
+    v = float(np.asarray(value))
+  except (TypeError, ValueError):
+    v = math.nan
+  ok = (0.0 < v if low_open else 0.0 <= v) and (v < 1.0 if high_open else v <= 1.0)
+  if not ok:
+    interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+    raise ValueError(f"{fn}: {name} must be in {interval}, got {value!r}")
+
+
+def check_contractive(fn: str, compressor: _base.Compressor, d: int) -> None:
+  """Error feedback needs C in B3: an unbiased C must be scaled by 1 / (1 + omega) first."""
+  if compressor.unbiased and not math.isfinite(compressor.delta(d)):
+    raise ValueError(
+      f"{fn}: {compressor.name} is unbiased with omega = {compressor.omega(d):.4g} at d = {d}, "
+      "so it is not contractive and error feedback would amplify the error; use "
+      f"bc.contractive({compressor.name}) (C / (1 + omega), in B3(1 + omega))."
+    )
+
+
+# -- the plan ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Which leaves are compressed together, and the bits a step sends (static).
+
+  Attributes:
+    groups: tuples of leaf indices, each compressed as one vector.
+    dense: indices of the leaves sent uncompressed (smaller than ``min_size``).
+    sizes, shapes, dtypes: per leaf.
+    bits_compressed: bits per worker of a compressed step.
+    bits_dense: bits per worker of a dense step (every leaf in its own dtype).
+  """
+
+  groups: tuple[tuple[int, ...], ...]
+  dense: tuple[int, ...]
+  shapes: tuple[tuple[int, ...], ...]
+  dtypes: tuple[Any, ...]
+  bits_compressed: int
+  bits_dense: int
+
+  def group_dtype(self, group: Sequence[int]):
+    return jnp.result_type(*[self.dtypes[i] for i in group])
+
+  def group_size(self, group: Sequence[int]) -> int:
+    return sum(math.prod(self.shapes[i]) for i in group)
+
+
+def _dense_bits(shape, dtype) -> int:
+  return 8 * jnp.dtype(dtype).itemsize * math.prod(shape)
+
+
+@functools.lru_cache(maxsize=256)
+def _make_plan(compressor, scope, min_size, shapes, dtypes) -> Plan:
+  sizes = [math.prod(s) for s in shapes]
+  compressed = [i for i, n in enumerate(sizes) if n >= max(min_size, 1)]
+  dense = tuple(i for i in range(len(sizes)) if i not in compressed)
+  if scope == "leaf":
+    groups = tuple((i,) for i in compressed)
+  else:
+    groups = (tuple(compressed),) if compressed else ()
+  plan = Plan(groups, dense, shapes, dtypes, 0, 0)
+  bits_c = sum(
+    compressor.payload_bits(plan.group_size(g), plan.group_dtype(g)) for g in groups
+  ) + sum(_dense_bits(shapes[i], dtypes[i]) for i in dense)
+  bits_d = sum(_dense_bits(s, t) for s, t in zip(shapes, dtypes, strict=True))
+  return dataclasses.replace(plan, bits_compressed=bits_c, bits_dense=bits_d)
+
+
+def make_plan(compressor, scope: str, min_size: int, leaves: Sequence[jax.Array]) -> Plan:
+  shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
+  dtypes = tuple(jnp.dtype(jnp.result_type(x)) for x in leaves)
+  for i, t in enumerate(dtypes):
+    if t not in _base.SUPPORTED_DTYPES:
+      raise TypeError(
+        f"updates must have dtypes float32, bfloat16 or float16; leaf {i} has {t} "
+        f"with shape {shapes[i]}"
+      )
+  return _make_plan(compressor, scope, int(min_size), shapes, dtypes)
+
+
+# -- one step of communication ---------------------------------------------------------------
+
+
+class Step:
+  """The communication of one step: compression (or dense warm-up), aggregation, bits.
+
+  Messages and results are lists of float32 arrays, one per leaf of the updates.
+  """
+
+  def __init__(
+    self,
+    compressor: _base.Compressor,
+    plan: Plan,
+    key: jax.Array,
+    count: jax.Array,
+    start_step,
+    axis_name,
+  ):
+    self.compressor = compressor
+    self.plan = plan
+    self.count = count
+    self.axis_name = axis_name
+    self.compressing = jnp.asarray(count >= start_step) if _may_warm_up(start_step) else None
+    self.key = None
+    if compressor.needs_key:
+      shared = bool(getattr(compressor, "shared_indices", False))
+      if axis_name is not None and not shared:
+        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+      self.key = key
+
+  def _dense(self, messages):
+    dtypes = self.plan.dtypes
+    return [m.astype(t).astype(jnp.float32) for m, t in zip(messages, dtypes, strict=True)]
+
+  def _compressed(self, messages):
+    plan = self.plan
+    out = self._dense(messages)  # the dense leaves; compressed ones are overwritten
+    for g, group in enumerate(plan.groups):
+      dtype = plan.group_dtype(group)
+      if len(group) == 1:
+        vec = messages[group[0]].astype(dtype)
+      else:
+        vec = jnp.concatenate([messages[i].reshape(-1) for i in group]).astype(dtype)
+      key = None if self.key is None else jax.random.fold_in(self.key, g)
+      c = self.compressor.compress(vec, key=key).astype(jnp.float32)
+      if len(group) == 1:
+        out[group[0]] = c
+      else:
+        offset = 0
+        for i in group:
+          n = math.prod(plan.shapes[i])
+          out[i] = c[offset : offset + n].reshape(plan.shapes[i])
+          offset += n
+    return out
+
+  def local(self, messages: list[jax.Array]) -> list[jax.Array]:
+    """This worker's decoded message C(m) (float32), or m itself during warm-up."""
+    if self.compressing is None:
+      return self._compressed(messages)
+    return jax.lax.cond(self.compressing, self._compressed, self._dense, messages)
+
+  def mean(self, decoded: list[jax.Array]) -> list[jax.Array]:
+    """The mean over workers of the decoded messages, in float32 (itself with no axis)."""
+    if self.axis_name is None:
+      return decoded
+    return jax.lax.pmean(decoded, self.axis_name)
+
+  def bits(self, bits: BitCount) -> BitCount:
+    step = jnp.asarray(_words(self.plan.bits_compressed))
+    if self.compressing is not None:
+      step = jnp.where(self.compressing, step, jnp.asarray(_words(self.plan.bits_dense)))
+    return bits_add(bits, step)
+
+  def where_compressing(self, compressed, dense):
+    """Selects a value by the step's branch (``compressed`` when there is no warm-up)."""
+    if self.compressing is None:
+      return compressed
+    return jnp.where(self.compressing, compressed, dense)
+
+
+def _may_warm_up(start_step) -> bool:
+  return not (is_concrete(start_step) and int(np.asarray(start_step)) == 0)
+
+
+def new_key(seed) -> jax.Array:
+  """A raw uint32 PRNG key: plain integers, so Orbax and inject_hyperparams handle it."""
+  return jax.random.PRNGKey(seed)
+
+
+def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+  next_key, step_key = jax.random.split(key)
+  return next_key, step_key
+
+
+def f32_zeros(tree) -> Any:
+  return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), tree)
+
+
+def flatten(tree):
+  leaves, treedef = jax.tree.flatten(tree)
+  return [jnp.asarray(x) for x in leaves], treedef
+
+
+def to_f32(leaves):
+  return [x.astype(jnp.float32) for x in leaves]
+
+
+def cast_like(values, like, treedef):
+  """Unflattens float32 results into the updates' structure and dtypes."""
+  return treedef.unflatten([v.astype(u.dtype) for v, u in zip(values, like, strict=True)])
+
+
+# -- the skeleton every transformation shares --------------------------------------------------
+
+# An algorithm's step: (step, updates as float32 leaves, state fields as dicts of leaf lists)
+# -> (float32 output leaves, new state fields).
+Algorithm = Any
+
+
+def transformation(
+  fn: str,
+  state_cls: type,
+  fields: Sequence[str],
+  algorithm: Algorithm,
+  compressor: _base.Compressor,
+  *,
+  seed,
+  axis_name,
+  scope: str,
+  start_step,
+  min_size: int,
+  contractive: bool,
+) -> optax.GradientTransformationExtraArgs:
+  """Builds a transformation whose state is ``state_cls(count, rng_key, *fields, bits)``.
+
+  Every entry of ``fields`` is a float32 pytree shaped like the updates (errors, estimates,
+  shifts), zero at initialisation.
+  """
+
+  def init_fn(params):
+    zeros = f32_zeros(params)
+    return state_cls(
+      count=jnp.zeros([], jnp.int32),
+      rng_key=new_key(seed),
+      **{name: zeros for name in fields},
+      bits=bits_init(),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    del params, extra_args
+    leaves, treedef = flatten(updates)
+    plan = make_plan(compressor, scope, min_size, leaves)
+    if contractive:
+      for group in plan.groups:
+        check_contractive(fn, compressor, plan.group_size(group))
+    next_key, step_key = split_key(state.rng_key)
+    step = Step(compressor, plan, step_key, state.count, start_step, axis_name)
+    values = {name: flatten(getattr(state, name))[0] for name in fields}
+    out, values = algorithm(step, to_f32(leaves), values)
+    new_state = state_cls(
+      count=optax.safe_increment(state.count),
+      rng_key=next_key,
+      **{name: treedef.unflatten(values[name]) for name in fields},
+      bits=step.bits(state.bits),
+    )
+    return cast_like(out, leaves, treedef), new_state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
