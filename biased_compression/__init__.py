@@ -16,6 +16,10 @@ from biased_compression._base import b1_constants
 from biased_compression._base import b2_constants
 from biased_compression._base import b3_constants
 from biased_compression._base import class_constants
+from biased_compression._collectives import MeanResult
+from biased_compression._collectives import choose_method
+from biased_compression._collectives import compressed_mean
+from biased_compression._collectives import wire_bytes
 from biased_compression._combinators import compose
 from biased_compression._combinators import contractive
 from biased_compression._combinators import induced
@@ -61,15 +65,18 @@ __all__ = (
   "EF21SGDMState",
   "EF21State",
   "ErrorFeedbackState",
+  "MeanResult",
   "adaptive_random_sparsification",
   "b1_constants",
   "b2_constants",
   "b3_constants",
   "bits_sent",
   "cast",
+  "choose_method",
   "class_constants",
   "compose",
   "compress",
+  "compressed_mean",
   "contractive",
   "diana",
   "econtrol",
@@ -90,4 +97,5 @@ __all__ = (
   "standard_dithering",
   "top_k",
   "top_k_natural_dithering",
+  "wire_bytes",
 )

@@ -24,6 +24,7 @@ class CompressState(NamedTuple):
 
   count: jax.Array
   rng_key: jax.Array
+  server_error: Any
   bits: _transforms.BitCount
 
 
@@ -34,6 +35,7 @@ class DianaState(NamedTuple):
   rng_key: jax.Array
   shift: Any
   mean_shift: Any
+  server_error: Any
   bits: _transforms.BitCount
 
 
@@ -45,6 +47,8 @@ def compress(
   scope: str = "leaf",
   start_step: int = 0,
   min_size: int = 0,
+  method: str = "auto",
+  dense_axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces each update by its compression: out = (1/n) sum_i C(u_i).
 
@@ -78,15 +82,30 @@ def compress(
     learning: comparing noise resilience via SDEs, AISTATS 2025, arXiv:2502.17009.
   """
   opts = _transforms.common_options(
-    "compress", compressor, seed, axis_name, scope, start_step, min_size
+    "compress",
+    compressor,
+    seed,
+    axis_name,
+    scope,
+    start_step,
+    min_size,
+    method,
+    dense_axis_name,
   )
 
   def algorithm(step, u, state):
     del state
-    return step.mean(step.local(u)), {}
+    return step.exchange(u)[1], {}
 
   return _transforms.transformation(
-    "compress", CompressState, (), algorithm, compressor, contractive=False, **opts
+    "compress",
+    CompressState,
+    (),
+    algorithm,
+    compressor,
+    contractive=False,
+    aggregate="mean",
+    **opts,
   )
 
 
@@ -99,6 +118,8 @@ def diana(
   scope: str = "leaf",
   start_step: int = 0,
   min_size: int = 0,
+  method: str = "auto",
+  dense_axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DIANA: compress the difference between the gradient and a learned shift.
 
@@ -133,7 +154,15 @@ def diana(
     distributed learning (induced compressor), ICLR 2021, arXiv:2006.11077.
   """
   opts = _transforms.common_options(
-    "diana", compressor, seed, axis_name, scope, start_step, min_size
+    "diana",
+    compressor,
+    seed,
+    axis_name,
+    scope,
+    start_step,
+    min_size,
+    method,
+    dense_axis_name,
   )
   if not compressor.unbiased:
     raise ValueError(
@@ -158,8 +187,7 @@ def diana(
 
   def algorithm(step, u, state):
     h, mean_h = state["shift"], state["mean_shift"]
-    m = step.local([x - s for x, s in zip(u, h, strict=True)])
-    mean_m = step.mean(m)
+    m, mean_m = step.exchange([x - s for x, s in zip(u, h, strict=True)])
     alphas = [step.where_compressing(a, 1.0) for a in leaf_alphas(step.plan)]
     out = [s + mm for s, mm in zip(mean_h, mean_m, strict=True)]
     return out, {
@@ -174,5 +202,6 @@ def diana(
     algorithm,
     compressor,
     contractive=False,
+    aggregate="increment",
     **opts,
   )

@@ -58,6 +58,7 @@ class ErrorFeedbackState(NamedTuple):
   count: jax.Array
   rng_key: jax.Array
   error: Any
+  server_error: Any
   bits: _transforms.BitCount
 
 
@@ -68,6 +69,7 @@ class EF21State(NamedTuple):
   rng_key: jax.Array
   estimate: Any
   mean_estimate: Any
+  server_error: Any
   bits: _transforms.BitCount
 
 
@@ -79,6 +81,7 @@ class EF21SGDMState(NamedTuple):
   momentum: Any
   estimate: Any
   mean_estimate: Any
+  server_error: Any
   bits: _transforms.BitCount
 
 
@@ -90,6 +93,7 @@ class EControlState(NamedTuple):
   error: Any
   estimate: Any
   mean_estimate: Any
+  server_error: Any
   bits: _transforms.BitCount
 
 
@@ -109,6 +113,8 @@ def error_feedback(
   scope: str = "leaf",
   start_step: int = 0,
   min_size: int = 0,
+  method: str = "auto",
+  dense_axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Classic error feedback (EF, "EF14"): compress the update plus the accumulated error.
 
@@ -153,7 +159,7 @@ def error_feedback(
     >>> state = tx.init(params)
     >>> updates, state = tx.update(params, state)  # gradient of |x|^2 / 2 is x
     >>> updates
-    Array([ 0. ,  0.2,  0. ], dtype=float32)
+    Array([0. , 0.2, 0. ], dtype=float32)
 
   References:
     Seide et al., 1-bit stochastic gradient descent..., 2014.
@@ -163,13 +169,21 @@ def error_feedback(
     learning, 2023, arXiv:2002.12410.
   """
   opts = _transforms.common_options(
-    "error_feedback", compressor, seed, axis_name, scope, start_step, min_size
+    "error_feedback",
+    compressor,
+    seed,
+    axis_name,
+    scope,
+    start_step,
+    min_size,
+    method,
+    dense_axis_name,
   )
 
   def algorithm(step, u, state):
     p = _add(u, state["error"])
-    delta = step.local(p)
-    return step.mean(delta), {"error": _sub(p, delta)}
+    delta, mean = step.exchange(p)
+    return mean, {"error": _sub(p, delta)}
 
   return _transforms.transformation(
     "error_feedback",
@@ -178,14 +192,15 @@ def error_feedback(
     algorithm,
     compressor,
     contractive=True,
+    aggregate="mean",
     **opts,
   )
 
 
 def _ef21_step(step, v, estimate, mean_estimate):
   """One EF21 step on messages v: c_i = C(v_i - g_i); g_i += c_i; g += mean(c)."""
-  c = step.local(_sub(v, estimate))
-  return _add(estimate, c), _add(mean_estimate, step.mean(c))
+  c, mean_c = step.exchange(_sub(v, estimate))
+  return _add(estimate, c), _add(mean_estimate, mean_c)
 
 
 def ef21(
@@ -197,6 +212,8 @@ def ef21(
   scope: str = "leaf",
   start_step: int = 0,
   min_size: int = 0,
+  method: str = "auto",
+  dense_axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21: each worker sends the compressed change of its gradient estimate.
 
@@ -230,7 +247,15 @@ def ef21(
     practically faster error feedback, 2021, arXiv:2106.05203.
   """
   opts = _transforms.common_options(
-    "ef21", compressor, seed, axis_name, scope, start_step, min_size
+    "ef21",
+    compressor,
+    seed,
+    axis_name,
+    scope,
+    start_step,
+    min_size,
+    method,
+    dense_axis_name,
   )
   if init not in EF21_INITS:
     raise ValueError(f"ef21: init must be one of {EF21_INITS}, got {init!r}")
@@ -248,6 +273,7 @@ def ef21(
     algorithm,
     compressor,
     contractive=True,
+    aggregate="increment",
     **opts,
   )
 
@@ -267,6 +293,8 @@ def ef21_sgdm(
   scope: str = "leaf",
   start_step: int = 0,
   min_size: int = 0,
+  method: str = "auto",
+  dense_axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21-SGDM: EF21 applied to each worker's Polyak momentum of its stochastic gradients.
 
@@ -293,7 +321,15 @@ def ef21_sgdm(
     arXiv:2305.15155.
   """
   opts = _transforms.common_options(
-    "ef21_sgdm", compressor, seed, axis_name, scope, start_step, min_size
+    "ef21_sgdm",
+    compressor,
+    seed,
+    axis_name,
+    scope,
+    start_step,
+    min_size,
+    method,
+    dense_axis_name,
   )
   _transforms.check_unit_interval("ef21_sgdm", "momentum", momentum, low_open=False, high_open=True)
 
@@ -315,6 +351,7 @@ def ef21_sgdm(
     algorithm,
     compressor,
     contractive=True,
+    aggregate="increment",
     **opts,
   )
 
@@ -328,6 +365,8 @@ def econtrol(
   scope: str = "leaf",
   start_step: int = 0,
   min_size: int = 0,
+  method: str = "auto",
+  dense_axis_name: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EControl: error feedback whose strength is controlled by eta.
 
@@ -352,7 +391,15 @@ def econtrol(
     control, ICLR 2024, arXiv:2311.05645.
   """
   opts = _transforms.common_options(
-    "econtrol", compressor, seed, axis_name, scope, start_step, min_size
+    "econtrol",
+    compressor,
+    seed,
+    axis_name,
+    scope,
+    start_step,
+    min_size,
+    method,
+    dense_axis_name,
   )
   _transforms.check_unit_interval("econtrol", "eta", eta, low_open=True, high_open=False)
 
@@ -360,8 +407,8 @@ def econtrol(
     e, h = state["error"], state["estimate"]
     target = _sub(u, h)
     eta32 = jnp.asarray(eta, jnp.float32)
-    delta = step.local([eta32 * ei + t for ei, t in zip(e, target, strict=True)])
-    mean_est = _add(state["mean_estimate"], step.mean(delta))
+    delta, mean_delta = step.exchange([eta32 * ei + t for ei, t in zip(e, target, strict=True)])
+    mean_est = _add(state["mean_estimate"], mean_delta)
     return mean_est, {
       "error": _sub(_add(e, target), delta),
       "estimate": _add(h, delta),
@@ -375,5 +422,6 @@ def econtrol(
     algorithm,
     compressor,
     contractive=True,
+    aggregate="increment",
     **opts,
   )

@@ -36,6 +36,8 @@ import numpy as np
 import optax
 
 from biased_compression import _base
+from biased_compression import _collectives
+from biased_compression import _quantization
 
 __all__ = ["BitCount", "bits_sent", "init_workers"]
 
@@ -192,13 +194,29 @@ def check_options(fn: str, *, scope, start_step, min_size, seed, axis_name) -> N
       ) from None
 
 
-def common_options(fn, compressor, seed, axis_name, scope, start_step, min_size) -> dict:
+def common_options(
+  fn, compressor, seed, axis_name, scope, start_step, min_size, method, dense_axis_name
+) -> dict:
   """Checks the options every transformation shares; returns them as keyword arguments."""
   check_compressor(fn, compressor)
   check_options(
     fn, scope=scope, start_step=start_step, min_size=min_size, seed=seed, axis_name=axis_name
   )
-  return dict(seed=seed, axis_name=axis_name, scope=scope, start_step=start_step, min_size=min_size)
+  _collectives.check_method(fn, method, compressor)
+  if dense_axis_name is not None and axis_name is None:
+    raise ValueError(
+      f"{fn}: dense_axis_name={dense_axis_name!r} (the fast axis, reduced uncompressed) needs "
+      "axis_name (the slow axis, reduced compressed)"
+    )
+  return dict(
+    seed=seed,
+    axis_name=axis_name,
+    scope=scope,
+    start_step=start_step,
+    min_size=min_size,
+    method=method,
+    dense_axis_name=dense_axis_name,
+  )
 
 
 def check_unit_interval(fn: str, name: str, value, *, low_open: bool, high_open: bool) -> None:
@@ -293,7 +311,9 @@ def make_plan(compressor, scope: str, min_size: int, leaves: Sequence[jax.Array]
 class Step:
   """The communication of one step: compression (or dense warm-up), aggregation, bits.
 
-  Messages and results are lists of float32 arrays, one per leaf of the updates.
+  Messages and results are lists of float32 arrays, one per leaf of the updates. With an
+  axis name the aggregation goes through `biased_compression._collectives.exchange`, which
+  sends the encoded payloads; without one the "mean" is this worker's own message.
   """
 
   def __init__(
@@ -304,60 +324,124 @@ class Step:
     count: jax.Array,
     start_step,
     axis_name,
+    *,
+    method: str = "auto",
+    participating=None,
+    probability=None,
+    server_error: list[jax.Array] | None = None,
   ):
     self.compressor = compressor
     self.plan = plan
     self.count = count
     self.axis_name = axis_name
+    self.method = method
     self.compressing = jnp.asarray(count >= start_step) if _may_warm_up(start_step) else None
-    self.key = None
-    if compressor.needs_key:
-      shared = bool(getattr(compressor, "shared_indices", False))
-      if axis_name is not None and not shared:
-        key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-      self.key = key
+    self.key = key if compressor.needs_key else None
+    self.participating = participating
+    self.probability = probability
+    self.server_error = server_error  # per leaf (float32), or None
 
-  def _dense(self, messages):
-    dtypes = self.plan.dtypes
-    return [m.astype(t).astype(jnp.float32) for m, t in zip(messages, dtypes, strict=True)]
+  # -- groups of leaves <-> vectors ---------------------------------------------------------
 
-  def _compressed(self, messages):
-    plan = self.plan
-    out = self._dense(messages)  # the dense leaves; compressed ones are overwritten
-    for g, group in enumerate(plan.groups):
-      dtype = plan.group_dtype(group)
+  def _vectors(self, leaves, groups):
+    out = []
+    for group in groups:
       if len(group) == 1:
-        vec = messages[group[0]].astype(dtype)
+        out.append(leaves[group[0]].reshape(-1))
       else:
-        vec = jnp.concatenate([messages[i].reshape(-1) for i in group]).astype(dtype)
-      key = None if self.key is None else jax.random.fold_in(self.key, g)
-      c = self.compressor.compress(vec, key=key).astype(jnp.float32)
-      if len(group) == 1:
-        out[group[0]] = c
-      else:
-        offset = 0
-        for i in group:
-          n = math.prod(plan.shapes[i])
-          out[i] = c[offset : offset + n].reshape(plan.shapes[i])
-          offset += n
+        out.append(jnp.concatenate([leaves[i].reshape(-1) for i in group]))
     return out
 
-  def local(self, messages: list[jax.Array]) -> list[jax.Array]:
-    """This worker's decoded message C(m) (float32), or m itself during warm-up."""
-    if self.compressing is None:
-      return self._compressed(messages)
-    return jax.lax.cond(self.compressing, self._compressed, self._dense, messages)
+  def _scatter(self, out, groups, vectors):
+    for group, vec in zip(groups, vectors, strict=True):
+      offset = 0
+      for i in group:
+        n = math.prod(self.plan.shapes[i])
+        out[i] = vec[offset : offset + n].reshape(self.plan.shapes[i])
+        offset += n
+    return out
 
-  def mean(self, decoded: list[jax.Array]) -> list[jax.Array]:
-    """The mean over workers of the decoded messages, in float32 (itself with no axis)."""
+  # -- the two branches -----------------------------------------------------------------------
+
+  def _dense(self, messages, server_error):
+    dtypes = self.plan.dtypes
+    local = [m.astype(t).astype(jnp.float32) for m, t in zip(messages, dtypes, strict=True)]
     if self.axis_name is None:
-      return decoded
-    return jax.lax.pmean(decoded, self.axis_name)
+      return local, local, server_error
+    return local, self._dense_mean(local, range(len(local))), server_error
+
+  def _dense_mean(self, values, indices):
+    """The participation-weighted float32 mean of dense leaves (one all-reduce)."""
+    indices = tuple(indices)
+    if not indices:
+      return list(values)
+    vecs = [values[i].reshape(-1) for i in indices]
+    means, _, _ = _collectives.exchange(
+      [jnp.concatenate(vecs)],
+      [jnp.float32],
+      _quantization.identity(),
+      self.axis_name,
+      method="psum",
+      key=None,
+      mask=self.participating,
+      probability=self.probability,
+    )
+    out = list(values)
+    return self._scatter(out, (indices,), means)
+
+  def _compressed(self, messages, server_error):
+    plan = self.plan
+    dtypes = [plan.group_dtype(g) for g in plan.groups]
+    vectors = self._vectors(messages, plan.groups)
+    local, _, _ = self._dense(messages, None)  # dense leaves; compressed ones overwritten
+    if self.axis_name is None:
+      locals_ = []
+      for g, (v, t) in enumerate(zip(vectors, dtypes, strict=True)):
+        key = None if self.key is None else jax.random.fold_in(self.key, g)
+        locals_.append(self.compressor.compress(v.astype(t), key=key).astype(jnp.float32))
+      local = self._scatter(local, plan.groups, locals_)
+      return local, local, server_error
+    errors = None if server_error is None else self._vectors(server_error, plan.groups)
+    means, locals_, errors = _collectives.exchange(
+      vectors,
+      dtypes,
+      self.compressor,
+      self.axis_name,
+      method=self.method,
+      key=self.key,
+      mask=self.participating,
+      probability=self.probability,
+      server_errors=errors,
+    )
+    mean = self._dense_mean(local, plan.dense)
+    mean = self._scatter(mean, plan.groups, means)
+    local = self._scatter(local, plan.groups, locals_)
+    if server_error is not None:
+      server_error = self._scatter(list(server_error), plan.groups, errors)
+    return local, mean, server_error
+
+  def exchange(self, messages: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+    """(this worker's decoded message C(m), the aggregate over workers), float32 lists.
+
+    During warm-up both are the dense message. The server error (two_stage) is updated in
+    ``self.server_error``.
+    """
+    err = self.server_error
+    if self.compressing is None:
+      local, mean, err = self._compressed(messages, err)
+    else:
+      local, mean, err = jax.lax.cond(
+        self.compressing, self._compressed, self._dense, messages, err
+      )
+    self.server_error = err
+    return local, mean
 
   def bits(self, bits: BitCount) -> BitCount:
     step = jnp.asarray(_words(self.plan.bits_compressed))
     if self.compressing is not None:
       step = jnp.where(self.compressing, step, jnp.asarray(_words(self.plan.bits_dense)))
+    if self.participating is not None:
+      step = jnp.where(self.participating, step, jnp.zeros_like(step))
     return bits_add(bits, step)
 
   def where_compressing(self, compressed, dense):
@@ -418,13 +502,22 @@ def transformation(
   scope: str,
   start_step,
   min_size: int,
+  method: str,
+  dense_axis_name,
   contractive: bool,
+  aggregate: str,
 ) -> optax.GradientTransformationExtraArgs:
-  """Builds a transformation whose state is ``state_cls(count, rng_key, *fields, bits)``.
+  """Builds a transformation whose state is
+  ``state_cls(count, rng_key, *fields, server_error, bits)``.
 
   Every entry of ``fields`` is a float32 pytree shaped like the updates (errors, estimates,
-  shifts), zero at initialisation.
+  shifts), zero at initialisation; those not starting with ``mean_`` belong to the worker
+  and are kept unchanged when it does not participate. ``aggregate`` is ``"mean"`` (the
+  output is the mean over the participants S, or (1/n) sum_S C_i / p_i) or ``"increment"``
+  (the server's estimate moves by (1/n) sum_S c_i, so it stays the mean of the workers'
+  estimates; or (1/n) sum_S c_i / p_i given probabilities).
   """
+  needs_server_error = axis_name is not None and method in ("auto", "two_stage")
 
   def init_fn(params):
     zeros = f32_zeros(params)
@@ -432,24 +525,53 @@ def transformation(
       count=jnp.zeros([], jnp.int32),
       rng_key=new_key(seed),
       **{name: zeros for name in fields},
+      server_error=zeros if needs_server_error else (),
       bits=bits_init(),
     )
 
-  def update_fn(updates, state, params=None, **extra_args):
-    del params, extra_args
+  def update_fn(updates, state, params=None, *, participating=None, probability=None, **extra):
+    del params, extra
+    if axis_name is None and (participating is not None or probability is not None):
+      raise ValueError(f"{fn}: participating / probability need an axis_name (the workers)")
     leaves, treedef = flatten(updates)
+    if dense_axis_name is not None:
+      # hierarchical: the fast axis is reduced first, uncompressed, in float32
+      means = jax.lax.pmean(to_f32(leaves), dense_axis_name)
+      leaves = [m.astype(x.dtype) for m, x in zip(means, leaves, strict=True)]
     plan = make_plan(compressor, scope, min_size, leaves)
     if contractive:
       for group in plan.groups:
         check_contractive(fn, compressor, plan.group_size(group))
+    if participating is not None:
+      participating = jnp.asarray(participating, jnp.bool_)
+      if aggregate == "increment" and probability is None:
+        probability = 1.0
     next_key, step_key = split_key(state.rng_key)
-    step = Step(compressor, plan, step_key, state.count, start_step, axis_name)
-    values = {name: flatten(getattr(state, name))[0] for name in fields}
-    out, values = algorithm(step, to_f32(leaves), values)
+    step = Step(
+      compressor,
+      plan,
+      step_key,
+      state.count,
+      start_step,
+      axis_name,
+      method=method,
+      participating=participating,
+      probability=probability,
+      server_error=flatten(state.server_error)[0] if needs_server_error else None,
+    )
+    old = {name: flatten(getattr(state, name))[0] for name in fields}
+    out, new = algorithm(step, to_f32(leaves), old)
+    if participating is not None:
+      for name in fields:
+        if not name.startswith("mean_"):
+          new[name] = [
+            jnp.where(participating, a, b) for a, b in zip(new[name], old[name], strict=True)
+          ]
     new_state = state_cls(
       count=optax.safe_increment(state.count),
       rng_key=next_key,
-      **{name: treedef.unflatten(values[name]) for name in fields},
+      **{name: treedef.unflatten(new[name]) for name in fields},
+      server_error=treedef.unflatten(step.server_error) if needs_server_error else (),
       bits=step.bits(state.bits),
     )
     return cast_like(out, leaves, treedef), new_state

@@ -1,0 +1,432 @@
+"""Compressed all-reduce: the mean over a device axis of compressed messages, sending bytes.
+
+`compressed_mean` runs wherever ``axis_name`` is bound: under ``jax.shard_map`` (real devices
+and processes), under ``jax.vmap(..., axis_name=...)`` (n workers simulated on one device) and
+under ``jax.pmap``. It is the one code path of both: the tests compare them.
+
+Methods (``method=``), for n workers and a payload of B bytes per worker:
+
+* ``"all_gather"``: all_gather the encoded payloads, decode each, average in float32. The
+  exact mean of the n compressed messages; each device sends (n - 1) B.
+* ``"two_stage"``: the design of DeepSpeed 1-bit Adam, Bagua and CGX. The message is padded
+  and split into n chunks (a multiple of 8 elements each, so chunks are byte-aligned), each
+  chunk encoded; all_to_all sends chunk j to device j, which decodes and sums its n copies in
+  float32, adds its server error, re-compresses, keeps the new server error, and all_gathers
+  the encoded chunk. Each device sends about 2 (n - 1) / n B: independent of n. The result is
+  the server-compressed mean (biased for biased C); the server error feeds it back.
+* ``"psum"``: for linear codes (`identity`, `cast`, rand-k with ``shared_indices=True``): the
+  payload values are summed by the all-reduce itself (in the wire dtype) and decoded once.
+* ``"majority_vote"``: for `sign`: two_stage without server error, where the server sends
+  the sign of the sum (signSGD with majority vote: a 1-bit downlink).
+* ``"auto"``: psum for linear codes; otherwise a cost model (`choose_method`).
+
+Participation: ``mask`` (this worker's bool) and optional ``probability`` (its p_i). Workers
+outside S send nothing useful (their payload is zeroed and weighted 0). The mean is
+(1/|S|) sum_{i in S} C_i, or with probabilities the unbiased (1/n) sum_{i in S} C_i / p_i.
+With no participant the mean is zero and the server error is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from biased_compression import _base
+from biased_compression import _quantization
+from biased_compression import _sparsification
+
+__all__ = ["METHODS", "MeanResult", "compressed_mean", "choose_method", "wire_bytes"]
+
+METHODS = ("auto", "all_gather", "two_stage", "psum", "majority_vote")
+_SERVER_SALT = 0x5EED
+
+
+class MeanResult(NamedTuple):
+  """What `compressed_mean` returns.
+
+  Attributes:
+    mean: the aggregate (float32, shaped like the input), identical on every worker.
+    local: this worker's own decoded message C(x_i) (float32), for error feedback.
+    server_error: the new server error (two_stage), else the one given (or None).
+  """
+
+  mean: Any
+  local: Any
+  server_error: Any
+
+
+def is_linear(compressor: _base.Compressor) -> bool:
+  """Whether decode(sum of payloads) = sum of decodes, so an all-reduce can sum payloads."""
+  if isinstance(compressor, (_quantization.Identity, _quantization.Cast)):
+    return True
+  return isinstance(compressor, _sparsification.RandK) and compressor.shared_indices
+
+
+def shares_randomness(compressor: _base.Compressor) -> bool:
+  return bool(getattr(compressor, "shared_indices", False))
+
+
+def check_method(fn: str, method: str, compressor: _base.Compressor) -> None:
+  if method not in METHODS:
+    raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
+  if method == "psum" and not is_linear(compressor):
+    raise ValueError(
+      f"{fn}: method='psum' needs a linear code (identity, cast, rand_k with "
+      f"shared_indices=True), got {compressor.name}; use 'all_gather' or 'two_stage'"
+    )
+  if method == "two_stage" and shares_randomness(compressor):
+    raise ValueError(
+      f"{fn}: method='two_stage' re-compresses on each server with its own randomness, which "
+      f"the receivers of {compressor.name} (shared indices) cannot regenerate; use 'psum'"
+    )
+  if method == "majority_vote" and not isinstance(compressor, _quantization.Sign):
+    raise ValueError(f"{fn}: method='majority_vote' needs bc.sign(), got {compressor.name}")
+
+
+def chunking(d: int, n: int) -> tuple[int, int]:
+  """(chunk size, padded size) of two_stage: n chunks of a multiple of 8 elements."""
+  chunk = 8 * max(1, -(-d // (8 * n)))
+  return chunk, chunk * n
+
+
+def choose_method(compressor: _base.Compressor, d: int, n: int) -> str:
+  """The cost model of ``method="auto"``.
+
+  psum when the code is linear (one all-reduce of the payload, 2 (n-1)/n B per device). Else
+  two_stage, whose traffic 2 (n-1)/n B does not grow with n, as soon as it sends at least 2x
+  fewer bytes than all_gather's (n - 1) B, i.e. n >= 4 (and the vector has at least 8n
+  elements, so chunking pads little); otherwise all_gather, which also has no server
+  re-compression error.
+  """
+  if is_linear(compressor):
+    return "psum"
+  if n >= 4 and d >= 64 * n:
+    return "two_stage"
+  return "all_gather"
+
+
+def _payload_bytes(payload) -> int:
+  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(payload))
+
+
+def _axis_size(axis_name) -> int:
+  return int(jax.lax.axis_size(axis_name))
+
+
+def _weights(axis_name, mask, probability):
+  """(this worker's weight, the normaliser or None) for the participation rule.
+
+  With every worker participating the weights are constants and no collective is issued.
+  """
+  n = _axis_size(axis_name)
+  if mask is None and probability is None:
+    return None, float(n)
+  m = jnp.asarray(True if mask is None else mask, jnp.bool_)
+  if probability is not None:
+    p = jnp.asarray(probability, jnp.float32)
+    w = jnp.where(m, 1.0 / (n * jnp.where(m, p, 1.0)), 0.0)
+    return w, None
+  w = m.astype(jnp.float32)
+  return w, jax.lax.psum(w, axis_name)
+
+
+def _normalise(summed, total):
+  if total is None:
+    return summed
+  if isinstance(total, float):
+    return summed / total
+  return jnp.where(total > 0, summed / jnp.maximum(total, 1.0), 0.0)
+
+
+def _weighted_sum(w, decoded, axis_name):
+  """sum_i w_i decoded_i over the gathered axis 0 (a plain sum when w is None)."""
+  if w is None:
+    return jnp.sum(decoded, axis=0)
+  return jnp.tensordot(jax.lax.all_gather(w, axis_name), decoded, 1)
+
+
+def _participated(total):
+  """Whether anyone participated (traced), or None when everyone did (static)."""
+  return None if isinstance(total, float) or total is None else total > 0
+
+
+def _decode_all(compressor, payloads, d, dtype, key):
+  return jax.vmap(lambda p: compressor.decode(p, (d,), dtype, key=key).astype(jnp.float32))(
+    payloads
+  )
+
+
+def _all_gather(compressor, v, dtype, key, axis_name, w, total):
+  payload = compressor.encode(v.astype(dtype), key=key)
+  local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
+  gathered = jax.lax.all_gather(payload, axis_name)
+  shared_key = key if shares_randomness(compressor) else None
+  decoded = _decode_all(compressor, gathered, v.shape[0], dtype, shared_key)
+  return _normalise(_weighted_sum(w, decoded, axis_name), total), local
+
+
+def _psum(compressor, v, dtype, key, axis_name, w, total):
+  payload = compressor.encode(v.astype(dtype), key=key)
+  local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
+  if w is not None:
+    payload = jax.tree.map(lambda x: (x.astype(jnp.float32) * w).astype(x.dtype), payload)
+  summed = jax.lax.psum(payload, axis_name)
+  mean = compressor.decode(summed, v.shape, dtype, key=key).astype(jnp.float32)
+  return _normalise(mean, total), local
+
+
+def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vote):
+  n = _axis_size(axis_name)
+  d = v.shape[0]
+  chunk, padded = chunking(d, n)
+  chunks = jnp.pad(v, (0, padded - d)).reshape(n, chunk).astype(dtype)
+  keys = None if key is None else jax.random.split(key, n)
+  if keys is None:
+    payloads = jax.vmap(lambda c: compressor.encode(c))(chunks)
+    local = _decode_all(compressor, payloads, chunk, dtype, None)
+  else:
+    payloads = jax.vmap(lambda c, k: compressor.encode(c, key=k))(chunks, keys)
+    local = jax.vmap(lambda p, k: compressor.decode(p, (chunk,), dtype, key=k).astype(jnp.float32))(
+      payloads, keys
+    )
+  local = local.reshape(-1)[:d]
+  received = jax.tree.map(lambda x: jax.lax.all_to_all(x, axis_name, 0, 0), payloads)
+  shared_key = None
+  if shares_randomness(compressor):
+    # every worker drew chunk j with the j-th split of the shared key
+    shared_key = keys[jax.lax.axis_index(axis_name)]
+  decoded = _decode_all(compressor, received, chunk, dtype, shared_key)
+  chunk_mean = _normalise(_weighted_sum(w, decoded, axis_name), total)
+  anyone = _participated(total)
+  index = jax.lax.axis_index(axis_name)
+  if vote:
+    server_payload = compressor.encode(chunk_mean.astype(dtype))
+    new_error = server_error
+  else:
+    own = jax.lax.dynamic_slice(jnp.pad(server_error, (0, padded - d)), (index * chunk,), (chunk,))
+    value = chunk_mean + own
+    server_key = None
+    if key is not None:
+      server_key = jax.random.fold_in(jax.random.fold_in(key, _SERVER_SALT), index)
+    server_payload = compressor.encode(value.astype(dtype), key=server_key)
+    sent = compressor.decode(server_payload, (chunk,), dtype, key=server_key)
+    new_own = value - sent if anyone is None else jnp.where(anyone, value - sent, own)
+    # Only this worker's chunk of the full-size error changes (the layout is independent of n).
+    new_error = jax.lax.dynamic_update_slice(
+      jnp.pad(server_error, (0, padded - d)), new_own.astype(jnp.float32), (index * chunk,)
+    )[:d]
+  gathered = jax.lax.all_gather(server_payload, axis_name)
+  mean = _decode_all(compressor, gathered, chunk, dtype, None).reshape(-1)[:d]
+  if anyone is not None:
+    mean = jnp.where(anyone, mean, 0.0)
+  return mean, local, new_error
+
+
+def exchange(
+  vectors: Sequence[jax.Array],
+  dtypes: Sequence[Any],
+  compressor: _base.Compressor,
+  axis_name,
+  *,
+  method: str,
+  key: jax.Array | None,
+  mask=None,
+  probability=None,
+  server_errors: Sequence[jax.Array] | None = None,
+):
+  """The mean over ``axis_name`` of the compressed 1-D float32 ``vectors`` (one per group).
+
+  Returns (means, locals, new server errors), lists of float32 vectors.
+  """
+  n = _axis_size(axis_name)
+  w, total = _weights(axis_name, mask, probability)
+  if compressor.needs_key and key is not None and not shares_randomness(compressor):
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  means, locals_, errors = [], [], []
+  for g, (v, dtype) in enumerate(zip(vectors, dtypes, strict=True)):
+    gkey = None if key is None else jax.random.fold_in(key, g)
+    if not compressor.needs_key:
+      gkey = None
+    m = method if method != "auto" else choose_method(compressor, v.shape[0], n)
+    if m == "all_gather":
+      mean, local = _all_gather(compressor, v, dtype, gkey, axis_name, w, total)
+      err = None if server_errors is None else server_errors[g]
+    elif m == "psum":
+      mean, local = _psum(compressor, v, dtype, gkey, axis_name, w, total)
+      err = None if server_errors is None else server_errors[g]
+    else:
+      err = jnp.zeros_like(v) if server_errors is None else server_errors[g]
+      mean, local, err = _two_stage(
+        compressor, v, dtype, gkey, axis_name, w, total, err, m == "majority_vote"
+      )
+    means.append(mean)
+    locals_.append(local)
+    errors.append(err)
+  return means, locals_, errors
+
+
+def compressed_mean(
+  tree: Any,
+  compressor: _base.Compressor,
+  axis_name: Any,
+  *,
+  key: jax.Array | None = None,
+  method: str = "auto",
+  mask: jax.Array | bool | None = None,
+  probability: jax.Array | float | None = None,
+  server_error: Any = None,
+) -> MeanResult:
+  """The mean over ``axis_name`` of the compressed leaves of ``tree``, with real traffic.
+
+  Each leaf is compressed on its own (its own payload; the collectives of all leaves are
+  issued together). Decoding and summing are in float32 whatever the leaf dtype.
+
+  Args:
+    tree: this worker's pytree of float arrays (float32, bfloat16 or float16).
+    compressor: the compressor C.
+    axis_name: the bound axis to reduce over (shard_map, vmap with axis_name, pmap).
+    key: a PRNG key, the same on every worker (each folds in its axis index, except for
+      shared-randomness compressors); required by random compressors.
+    method: ``"auto"``, ``"all_gather"``, ``"two_stage"``, ``"psum"`` or
+      ``"majority_vote"`` (see the module docstring).
+    mask: whether this worker participates (default: all do).
+    probability: this worker's participation probability p_i; given, the mean is the
+      unbiased (1/n) sum_{i in S} C_i / p_i instead of the mean over S.
+    server_error: two_stage's server error, a float32 pytree shaped like ``tree`` (zeros at
+      the start); each worker updates its own chunk of it.
+
+  Returns:
+    A `MeanResult` (mean, this worker's decoded message, the new server error).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, biased_compression as bc
+    >>> grads = jnp.arange(32.0).reshape(4, 8)  # 4 workers
+    >>> f = lambda g: bc.compressed_mean(g, bc.top_k(k=2), "w", method="all_gather").mean
+    >>> jax.vmap(f, axis_name="w")(grads)[0]
+    Array([ 0.,  0.,  0.,  0.,  0.,  0., 18., 19.], dtype=float32)
+  """
+  if not isinstance(compressor, _base.Compressor):
+    raise TypeError(f"compressed_mean: compressor must be a Compressor, got {compressor!r}")
+  check_method("compressed_mean", method, compressor)
+  if compressor.needs_key and key is None:
+    raise ValueError(f"compressed_mean: {compressor.name} is random and needs key=")
+  leaves, treedef = jax.tree.flatten(tree)
+  leaves = [jnp.asarray(x) for x in leaves]
+  errors = None
+  if server_error is not None:
+    errors = [jnp.asarray(e, jnp.float32).reshape(-1) for e in jax.tree.leaves(server_error)]
+  means, locals_, errors = exchange(
+    [x.reshape(-1).astype(jnp.float32) for x in leaves],
+    [x.dtype for x in leaves],
+    compressor,
+    axis_name,
+    method=method,
+    key=key,
+    mask=mask,
+    probability=probability,
+    server_errors=errors,
+  )
+
+  def rebuild(values):
+    return treedef.unflatten([v.reshape(x.shape) for v, x in zip(values, leaves, strict=True)])
+
+  new_error = server_error
+  if server_error is not None:
+    new_error = rebuild(errors)
+  return MeanResult(rebuild(means), rebuild(locals_), new_error)
+
+
+# -- reading the traffic out of the compiled program ------------------------------------------
+
+_COLLECTIVES = {
+  "all-gather": "all_gather",
+  "all-to-all": "all_to_all",
+  "all-reduce": "all_reduce",
+  "reduce-scatter": "reduce_scatter",
+  "collective-permute": "collective_permute",
+}
+_OP = re.compile(
+  r"=\s*(?P<result>\(.*?\)|[a-z0-9]+\[[^\]]*\](?:\{[^}]*\})?)\s+"
+  r"(?P<op>all-gather|all-to-all|all-reduce|reduce-scatter|collective-permute)(?P<start>-start)?\("
+  r"(?P<operands>.*?)\)(?P<attrs>.*)$"
+)
+_SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
+_BYTES = {
+  "pred": 1,
+  "s8": 1,
+  "u8": 1,
+  "s16": 2,
+  "u16": 2,
+  "f16": 2,
+  "bf16": 2,
+  "s32": 4,
+  "u32": 4,
+  "f32": 4,
+  "s64": 8,
+  "u64": 8,
+  "f64": 8,
+}
+
+
+def _shape_bytes(text: str) -> int:
+  total = 0
+  for dtype, dims in _SHAPE.findall(text):
+    if dtype not in _BYTES:
+      continue
+    total += _BYTES[dtype] * math.prod(int(x) for x in dims.split(",") if x)
+  return total
+
+
+def _group_size(attrs: str, default: int) -> int:
+  m = re.search(r"replica_groups=\[(\d+),(\d+)\]<=", attrs)
+  if m:
+    return int(m.group(2))
+  m = re.search(r"replica_groups=\{\{([0-9,]*)\}", attrs)
+  if m:
+    return len(m.group(1).split(","))
+  return default
+
+
+def wire_bytes(fn, *args, **kwargs) -> dict:
+  """Bytes each device sends and receives in the collectives of ``jax.jit(fn)(*args)``.
+
+  Compiles ``fn`` and reads every all-gather, all-to-all, all-reduce, reduce-scatter and
+  collective-permute of the per-device program (so call it on a ``jax.shard_map``'d or
+  ``jax.pmap``'d function; a vmap simulation has no collectives). For a group of n devices
+  and an operand of S bytes, a device sends and receives: all-gather (n - 1) S; all-to-all
+  and reduce-scatter (n - 1) / n S; all-reduce 2 (n - 1) / n S (ring); collective-permute S.
+  A collective inside a loop is counted once.
+
+  Returns:
+    ``{"sent": int, "received": int, "ops": [{"op", "group", "operand_bytes",
+    "sent"}, ...]}``.
+  """
+  text = jax.jit(fn).lower(*args, **kwargs).compile().as_text()
+  ops = []
+  for line in text.splitlines():
+    m = _OP.search(line)
+    if not m:
+      continue
+    op = _COLLECTIVES[m.group("op")]
+    result = _shape_bytes(m.group("result"))
+    n = _group_size(m.group("attrs"), jax.device_count())
+    # The compiled text names operands without shapes: size them from the result.
+    if op == "all_gather":
+      operand, sent = result // n, (n - 1) * (result // n)
+    elif op == "all_to_all":
+      operand, sent = result, (n - 1) * result // n
+    elif op == "reduce_scatter":
+      operand, sent = result * n, (n - 1) * result
+    elif op == "all_reduce":
+      operand, sent = result, 2 * (n - 1) * result // n
+    else:
+      operand, sent = result, result
+    ops.append({"op": op, "group": n, "operand_bytes": operand, "sent": sent})
+  total = sum(o["sent"] for o in ops)
+  return {"sent": total, "received": total, "ops": ops}
