@@ -51,6 +51,7 @@ from biased_compression._sparsification import rand_k
 from biased_compression._sparsification import top_k
 from biased_compression._transforms import BitCount
 from biased_compression._transforms import bits_sent
+from biased_compression._transforms import device_update
 from biased_compression._transforms import init_workers
 
 __version__ = "0.1.0"
@@ -78,6 +79,7 @@ __all__ = (
   "compress",
   "compressed_mean",
   "contractive",
+  "device_update",
   "diana",
   "econtrol",
   "ef21",

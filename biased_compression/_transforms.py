@@ -39,7 +39,7 @@ from biased_compression import _base
 from biased_compression import _collectives
 from biased_compression import _quantization
 
-__all__ = ["BitCount", "bits_sent", "init_workers"]
+__all__ = ["BitCount", "bits_sent", "device_update", "init_workers"]
 
 _WORD = 30  # bits per word of the exact counters
 _BASE = 1 << _WORD
@@ -155,11 +155,63 @@ def init_workers(tx: optax.GradientTransformation, params: optax.Params, num_wor
   return jax.vmap(lambda _: tx.init(params))(jnp.arange(num_workers))
 
 
+def device_update(tx: optax.GradientTransformation, axis_name: Any):
+  """``tx.update`` for use inside ``jax.shard_map``, on the state of `init_workers`.
+
+  The state of n workers has a leading worker axis; sharded with ``PartitionSpec(axis_name)``
+  over a mesh axis of n devices, each device holds a block of one worker. The returned
+  function strips that block axis, runs ``tx.update`` and puts it back, and checks that the
+  mesh axis has as many devices as the state has workers.
+
+  Args:
+    tx: the transformation (its communicating parts use ``axis_name``).
+    axis_name: the mesh axis of the workers.
+
+  Returns:
+    ``update(updates, state, params=None, **extra_args) -> (updates, state)``.
+
+  Example (8 devices)::
+
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+    update = bc.device_update(tx, "data")
+    step = jax.shard_map(lambda g, s, p: update(g, s, p), mesh=mesh,
+                         in_specs=(P("data"), P("data"), P()), out_specs=(P(), P("data")))
+  """
+
+  def update(updates, state, params=None, **extra_args):
+    n = int(jax.lax.axis_size(axis_name))
+    for leaf in jax.tree.leaves(state):
+      if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != 1:
+        block = "a scalar" if jnp.ndim(leaf) == 0 else f"{jnp.shape(leaf)[0]} workers"
+        raise ValueError(
+          f"device_update: each device must hold the state of exactly one worker, but a leaf "
+          f"of the state has {block} per device on the {n} devices of axis {axis_name!r}: "
+          "initialise it with bc.init_workers(tx, params, n) for n equal to the mesh axis "
+          "size, and shard it with PartitionSpec(axis_name)"
+        )
+    inner = jax.tree.map(lambda x: x[0], state)
+    out, inner = tx.update(updates, inner, params, **extra_args)
+    return out, jax.tree.map(lambda x: x[None], inner)
+
+  return update
+
+
 # -- argument checks (values may be traced when the factory runs under inject_hyperparams) --
 
 
 def is_concrete(value) -> bool:
   return not isinstance(value, jax.core.Tracer)
+
+
+def check_bound(fn: str, axis_name) -> None:
+  try:
+    jax.lax.axis_size(axis_name)
+  except NameError:
+    raise ValueError(
+      f"{fn}: axis_name {axis_name!r} is not bound here; call update inside "
+      f"jax.shard_map over a mesh with axis {axis_name!r}, or inside "
+      f"jax.vmap(..., axis_name={axis_name!r}) to simulate workers (see bc.init_workers)"
+    ) from None
 
 
 def check_compressor(fn: str, compressor) -> None:
@@ -531,6 +583,9 @@ def transformation(
 
   def update_fn(updates, state, params=None, *, participating=None, probability=None, **extra):
     del params, extra
+    for name in (axis_name, dense_axis_name):
+      if name is not None:
+        check_bound(fn, name)
     if axis_name is None and (participating is not None or probability is not None):
       raise ValueError(f"{fn}: participating / probability need an axis_name (the workers)")
     leaves, treedef = flatten(updates)

@@ -392,7 +392,7 @@ def test_not_a_compressor_is_a_type_error():
 def test_axis_name_must_be_bound():
   tx = bc.compress(bc.sign(), axis_name="workers")
   g = jnp.ones(8)
-  with pytest.raises(NameError, match="workers"):
+  with pytest.raises(ValueError, match="axis_name 'workers' is not bound"):
     tx.update(g, tx.init(g))
 
 
