@@ -144,16 +144,34 @@ def _normalise(summed, total):
   return jnp.where(total > 0, summed / jnp.maximum(total, 1.0), 0.0)
 
 
-def _weighted_sum(w, decoded, axis_name):
-  """sum_i w_i decoded_i over the gathered axis 0 (a plain sum when w is None)."""
-  if w is None:
-    return jnp.sum(decoded, axis=0)
-  return jnp.tensordot(jax.lax.all_gather(w, axis_name), decoded, 1)
-
-
 def _participated(total):
   """Whether anyone participated (traced), or None when everyone did (static)."""
   return None if isinstance(total, float) or total is None else total > 0
+
+
+def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name):
+  """sum_i w_i decode(payload_i) over the gathered axis 0, decoding one payload at a time.
+
+  A scan keeps one float32 accumulator of d elements instead of n decoded copies (measured
+  on 8 CPU devices at d = 2^20: several times faster than decoding all n at once with vmap,
+  whose n x d temporaries dominate).
+  """
+  weights = None if w is None else jax.lax.all_gather(w, axis_name)
+
+  def term(payload, i):
+    value = compressor.decode(payload, (d,), dtype, key=key).astype(jnp.float32)
+    return value if weights is None else weights[i] * value
+
+  def body(acc, item):
+    return acc + term(*item), None
+
+  n = jax.tree.leaves(payloads)[0].shape[0]
+  # The first term starts the sum, so the carry has the same (shard_map varying) type as
+  # the body's output without JAX-version-specific casts.
+  first = term(jax.tree.map(lambda x: x[0], payloads), 0)
+  rest = jax.tree.map(lambda x: x[1:], payloads)
+  acc, _ = jax.lax.scan(body, first, (rest, jnp.arange(1, n)))
+  return acc
 
 
 def _decode_all(compressor, payloads, d, dtype, key):
@@ -167,8 +185,8 @@ def _all_gather(compressor, v, dtype, key, axis_name, w, total):
   local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
   gathered = jax.lax.all_gather(payload, axis_name)
   shared_key = key if shares_randomness(compressor) else None
-  decoded = _decode_all(compressor, gathered, v.shape[0], dtype, shared_key)
-  return _normalise(_weighted_sum(w, decoded, axis_name), total), local
+  summed = _sum_decoded(compressor, gathered, v.shape[0], dtype, shared_key, w, axis_name)
+  return _normalise(summed, total), local
 
 
 def _psum(compressor, v, dtype, key, axis_name, w, total):
@@ -201,8 +219,8 @@ def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vot
   if shares_randomness(compressor):
     # every worker drew chunk j with the j-th split of the shared key
     shared_key = keys[jax.lax.axis_index(axis_name)]
-  decoded = _decode_all(compressor, received, chunk, dtype, shared_key)
-  chunk_mean = _normalise(_weighted_sum(w, decoded, axis_name), total)
+  summed = _sum_decoded(compressor, received, chunk, dtype, shared_key, w, axis_name)
+  chunk_mean = _normalise(summed, total)
   anyone = _participated(total)
   index = jax.lax.axis_index(axis_name)
   if vote:

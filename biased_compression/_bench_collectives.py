@@ -1,0 +1,281 @@
+"""``biased-compression bench collectives``: traffic and time of the compressed all-reduce.
+
+Three parts:
+
+1. **Bytes per device per step** against the number of workers n, for the dense float32
+   all-reduce, all_gather and two_stage, read from the compiled programs with `wire_bytes`
+   for n = 2 .. (CPU devices available), and from the analytic model beyond (the model is
+   printed next to the measurement where both exist, so its accuracy is visible).
+2. **Step time** of the compressed mean against the dense ``pmean`` on the local devices.
+   On one CPU host the "devices" share the same cores and memory, so this measures the
+   compute overhead of compression, not a network.
+3. **Modelled step time** of a large model on a slow network with the alpha-beta model:
+   a collective of m sequential messages moving B bytes per device costs m * alpha + B / bw.
+   Ring all-reduce and all_gather take n - 1 (all-reduce: 2 (n - 1)) messages; all_to_all
+   n - 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from biased_compression import _base
+from biased_compression import _bench
+from biased_compression import _collectives
+from biased_compression import _quantization
+from biased_compression import _sparsification
+
+__all__ = ["bench_compressors_for_collectives", "traffic", "step_times", "network_model"]
+
+
+def bench_compressors_for_collectives() -> dict[str, _base.Compressor]:
+  """The compressors of the benchmark: 1 bit (scaled sign), Top-k 1 %, natural dithering."""
+  return {
+    "scaled_sign": _quantization.scaled_sign(),
+    "top_k_1pct": _sparsification.top_k(0.01, method="exact_sort"),  # TEMP until radix works in shard_map
+    "natural_dithering_3": _quantization.natural_dithering(3),
+  }
+
+
+def model_bytes(method: str, compressor: _base.Compressor | None, d: int, n: int) -> int:
+  """Bytes one device sends per step (the analytic model of `wire_bytes`'s rules)."""
+  if method == "dense":
+    return 2 * (n - 1) * 4 * d // n
+  if method == "all_gather":
+    return (n - 1) * compressor.payload_bits(d) // 8
+  chunk, _ = _collectives.chunking(d, n)
+  return 2 * (n - 1) * compressor.payload_bits(chunk) // 8
+
+
+def _mesh(n: int):
+  devices = jax.devices()[:n]
+  return jax.sharding.Mesh(devices, ("w",), axis_types=(jax.sharding.AxisType.Explicit,))
+
+
+def _program(method: str, compressor, d: int, n: int):
+  """A jitted shard_map'd mean over n devices, and its sharded input."""
+  mesh = _mesh(n)
+  x = jax.device_put(jax.random.normal(jax.random.key(0), (n, d)), NamedSharding(mesh, P("w")))
+  key = jax.random.key(1)
+
+  def body(v):
+    v = v[0]
+    if method == "dense":
+      return jax.lax.pmean(v, "w")[None]
+    err = jnp.zeros_like(v) if method == "two_stage" else None
+    r = _collectives.compressed_mean(
+      v,
+      compressor,
+      "w",
+      key=key if compressor.needs_key else None,
+      method=method,
+      server_error=err,
+    )
+    return r.mean[None]
+
+  f = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=P("w"), out_specs=P("w")))
+  return f, x
+
+
+def traffic(d: int, ns: Sequence[int]) -> list[dict[str, Any]]:
+  """Bytes per device per step, measured where n <= the device count, else modelled."""
+  rows = []
+  available = jax.device_count()
+  for n in ns:
+    cases = [("dense", "dense", None)] + [
+      (name, method, c)
+      for name, c in bench_compressors_for_collectives().items()
+      for method in ("all_gather", "two_stage")
+    ]
+    for name, method, c in cases:
+      modelled = model_bytes(method, c, d, n)
+      measured = None
+      if n <= available:
+        f, x = _program(method, c, d, n)
+        measured = _collectives.wire_bytes(f, x)["sent"]
+      rows.append(
+        {
+          "part": "traffic",
+          "d": d,
+          "n": n,
+          "compressor": name,
+          "method": method,
+          "measured_bytes": measured,
+          "model_bytes": modelled,
+          "dense_over_this": model_bytes("dense", None, d, n) / (measured or modelled),
+        }
+      )
+  return rows
+
+
+def step_times(d: int, n: int, repeats: int) -> list[dict[str, Any]]:
+  """Wall time of one compressed mean against the dense pmean on n local devices."""
+  rows = []
+  f, x = _program("dense", None, d, n)
+  dense_ms = _bench.time_call(f, x, repeats=repeats)
+  rows.append(
+    {"part": "time", "d": d, "n": n, "compressor": "dense", "method": "dense", "ms": dense_ms}
+  )
+  for name, c in bench_compressors_for_collectives().items():
+    for method in ("all_gather", "two_stage"):
+      f, x = _program(method, c, d, n)
+      ms = _bench.time_call(f, x, repeats=repeats)
+      rows.append(
+        {
+          "part": "time",
+          "d": d,
+          "n": n,
+          "compressor": name,
+          "method": method,
+          "ms": ms,
+          "over_dense": ms / dense_ms,
+        }
+      )
+  return rows
+
+
+def network_model(
+  params: int,
+  n: int,
+  gbits: Sequence[float],
+  compute_ms: float,
+  alpha_us: float,
+  encode_ms_per_million: float,
+) -> list[dict[str, Any]]:
+  """Modelled step time: compute + communication (+ compression) for dense and two_stage.
+
+  Args:
+    params: model size (float32 parameters).
+    n: workers.
+    gbits: link bandwidths in Gbit/s.
+    compute_ms: forward + backward time of one step (an assumption, stated in the output).
+    alpha_us: latency per message.
+    encode_ms_per_million: compression cost (encode + decode of both stages) per million
+      coordinates; measured on this machine by the caller, or 0 for "free" compression.
+  """
+  rows = []
+  sign = _quantization.scaled_sign()
+  for bw in gbits:
+    bytes_per_s = bw * 1e9 / 8
+    dense_bytes = model_bytes("dense", None, params, n)
+    dense_ms = 1e3 * (2 * (n - 1) * alpha_us * 1e-6 + dense_bytes / bytes_per_s)
+    ts_bytes = model_bytes("two_stage", sign, params, n)
+    ts_ms = 1e3 * (2 * (n - 1) * alpha_us * 1e-6 + ts_bytes / bytes_per_s)
+    comp_ms = encode_ms_per_million * params / 1e6
+    rows.append(
+      {
+        "part": "model",
+        "params": params,
+        "n": n,
+        "gbit_s": bw,
+        "compute_ms": compute_ms,
+        "dense_comm_ms": dense_ms,
+        "two_stage_sign_comm_ms": ts_ms,
+        "compression_ms": comp_ms,
+        "speedup": (compute_ms + dense_ms) / (compute_ms + ts_ms + comp_ms),
+        "speedup_free_compression": (compute_ms + dense_ms) / (compute_ms + ts_ms),
+      }
+    )
+  return rows
+
+
+def sign_cost_ms_per_million(d: int, repeats: int) -> float:
+  """Measured encode + decode time of scaled sign, twice (both stages), per million values."""
+  c = _quantization.scaled_sign()
+  x = jax.random.normal(jax.random.key(2), (d,))
+  enc = jax.jit(lambda v: c.encode(v))
+  dec = jax.jit(lambda p: c.decode(p, (d,), jnp.float32))
+  payload = enc(x)
+  ms = _bench.time_call(enc, x, repeats=repeats) + _bench.time_call(dec, payload, repeats=repeats)
+  return 2 * ms * 1e6 / d
+
+
+def tables(rows: Sequence[dict[str, Any]]) -> str:
+  """The three parts as plain-text tables."""
+  fmt = _bench.format_sig
+  out = []
+  traffic_rows = [r for r in rows if r["part"] == "traffic"]
+  if traffic_rows:
+    out.append(f"Bytes sent per device per step, d = {traffic_rows[0]['d']}")
+    out.append(
+      _bench.format_table(
+        ["n", "compressor", "method", "measured", "model", "dense / this"],
+        [
+          [
+            str(r["n"]),
+            r["compressor"],
+            r["method"],
+            "-" if r["measured_bytes"] is None else str(r["measured_bytes"]),
+            str(r["model_bytes"]),
+            fmt(r["dense_over_this"]),
+          ]
+          for r in traffic_rows
+        ],
+        align="><<",
+      )
+    )
+  time_rows = [r for r in rows if r["part"] == "time"]
+  if time_rows:
+    out.append("")
+    out.append(
+      f"Time of one mean on {time_rows[0]['n']} local CPU devices, d = {time_rows[0]['d']} "
+      "(compute overhead only: the devices share this host's cores)"
+    )
+    out.append(
+      _bench.format_table(
+        ["compressor", "method", "ms", "/ dense"],
+        [
+          [r["compressor"], r["method"], fmt(r["ms"]), fmt(r.get("over_dense", 1.0))]
+          for r in time_rows
+        ],
+        align="<<",
+      )
+    )
+  model_rows = [r for r in rows if r["part"] == "model"]
+  if model_rows:
+    r0 = model_rows[0]
+    out.append("")
+    out.append(
+      f"Modelled step, {r0['params'] / 1e6:.0f}M parameters, {r0['n']} workers, compute "
+      f"{r0['compute_ms']:g} ms (assumed), two_stage scaled sign vs dense float32 ring"
+    )
+    out.append(
+      _bench.format_table(
+        ["Gbit/s", "dense comm ms", "1-bit comm ms", "compression ms", "speed-up", "if free"],
+        [
+          [
+            f"{r['gbit_s']:g}",
+            fmt(r["dense_comm_ms"]),
+            fmt(r["two_stage_sign_comm_ms"]),
+            fmt(r["compression_ms"]),
+            fmt(r["speedup"]) + "x",
+            fmt(r["speedup_free_compression"]) + "x",
+          ]
+          for r in model_rows
+        ],
+      )
+    )
+  return "\n".join(out)
+
+
+def run(
+  d: int,
+  ns: Sequence[int],
+  repeats: int,
+  params: int = 100_000_000,
+  workers: int = 16,
+  compute_ms: float = 100.0,
+  alpha_us: float = 20.0,
+) -> list[dict[str, Any]]:
+  """All three parts; returns the JSON rows."""
+  rows = traffic(d, ns)
+  rows += step_times(d, min(jax.device_count(), max(ns)), repeats)
+  cost = sign_cost_ms_per_million(min(d, 1 << 22), repeats)
+  rows += network_model(params, workers, (10.0, 100.0), compute_ms, alpha_us, cost)
+  return rows
