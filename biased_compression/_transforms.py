@@ -81,6 +81,11 @@ def _value(x):
   # Flax NNX wraps optimizer state leaves in variables.
   if hasattr(x, "get_value"):
     x = x.get_value()
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    # state spread over processes: every process must call bits_sent (a collective)
+    from jax.experimental import multihost_utils
+
+    x = multihost_utils.process_allgather(x, tiled=True)
   return np.asarray(x)
 
 
@@ -88,7 +93,13 @@ def bits_sent(state: Any, *, last_step: bool = False) -> int | np.ndarray:
   """Exact number of bits sent, read from any optimizer state that holds our transformations.
 
   Sums every `BitCount` found in ``state`` (an ``optax.chain`` of several of our
-  transformations counts each). Call it outside ``jit``.
+  transformations counts each). Call it outside ``jit``. For state sharded over several
+  processes it gathers the counters, so every process must call it.
+
+  It counts each worker's messages: the encoded payload of every step it took part in.
+  The collectives move more than that: all_gather sends it to n - 1 peers, two_stage sends
+  about 2 (n - 1) / n of it plus the server's re-compressed chunk; `wire_bytes` reads those
+  from the compiled program.
 
   Args:
     state: an optimizer state (any pytree containing `BitCount` nodes).
@@ -121,7 +132,13 @@ def bits_sent(state: Any, *, last_step: bool = False) -> int | np.ndarray:
   return int(total) if np.ndim(total) == 0 else total
 
 
-def init_workers(tx: optax.GradientTransformation, params: optax.Params, num_workers: int):
+def init_workers(
+  tx: optax.GradientTransformation,
+  params: optax.Params,
+  num_workers: int,
+  *,
+  sharding: jax.sharding.Sharding | None = None,
+):
   """The state of ``num_workers`` simulated workers: ``tx.init(params)`` with a leading axis.
 
   Every worker starts from the same state (the same seed: per-worker randomness comes from
@@ -133,6 +150,9 @@ def init_workers(tx: optax.GradientTransformation, params: optax.Params, num_wor
       axis_name="workers")``.
     params: the model parameters (one copy, shared by the workers).
     num_workers: the number of simulated workers n >= 1.
+    sharding: where to create the state, e.g. ``NamedSharding(mesh, P("data"))`` for one
+      worker per device (each device, and in a multi-process job each process, then holds
+      only its own workers' state).
 
   Returns:
     The state pytree with every leaf of shape ``(n, *leaf_shape)``.
@@ -152,7 +172,25 @@ def init_workers(tx: optax.GradientTransformation, params: optax.Params, num_wor
     raise TypeError(f"init_workers: num_workers must be an int, got {num_workers!r}")
   if num_workers < 1:
     raise ValueError(f"init_workers: num_workers must be >= 1, got {num_workers!r}")
-  return jax.vmap(lambda _: tx.init(params))(jnp.arange(num_workers))
+
+  def init():
+    return jax.vmap(lambda _: tx.init(params))(jnp.arange(num_workers))
+
+  if sharding is None:
+    return init()
+  return jax.jit(init, out_shardings=sharding)()
+
+
+def _varying_axes(x) -> frozenset | None:
+  """The mesh axes along which a traced value varies (shard_map's type system), or None.
+
+  ``jax.typeof(x).vma`` on JAX 0.6 - 0.8, ``.mat.varying`` on 0.10.
+  """
+  aval = jax.typeof(x)
+  vma = getattr(aval, "vma", None)
+  if vma is None:
+    vma = getattr(getattr(aval, "mat", None), "varying", None)
+  return None if vma is None else frozenset(vma)
 
 
 def device_update(tx: optax.GradientTransformation, axis_name: Any):
@@ -160,8 +198,19 @@ def device_update(tx: optax.GradientTransformation, axis_name: Any):
 
   The state of n workers has a leading worker axis; sharded with ``PartitionSpec(axis_name)``
   over a mesh axis of n devices, each device holds a block of one worker. The returned
-  function strips that block axis, runs ``tx.update`` and puts it back, and checks that the
-  mesh axis has as many devices as the state has workers.
+  function strips that block axis, runs ``tx.update`` and puts it back, and checks
+
+  * that the mesh axis has as many devices as the state has workers;
+  * that the updates differ per device. Under ``shard_map``'s default ``check_vma=True``,
+    ``jax.grad`` with respect to replicated (``P()``) parameters returns the gradient already
+    summed over the devices (JAX inserts the all-reduce in the backward pass): every worker
+    would then compress the same n-times-larger gradient after a dense all-reduce. Compute
+    the per-device gradient instead, e.g. with respect to
+    ``jax.lax.pcast(params, axis_name, to="varying")`` (JAX 0.10) or with ``check_vma=False``.
+
+  The aggregate is the same on every device, but JAX types the result of an all_gather as
+  varying, so return the updates with ``out_specs=P(axis_name)`` (a block per device, as
+  below) or use ``check_vma=False`` to return them with ``P()``.
 
   Args:
     tx: the transformation (its communicating parts use ``axis_name``).
@@ -174,12 +223,18 @@ def device_update(tx: optax.GradientTransformation, axis_name: Any):
 
     mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
     update = bc.device_update(tx, "data")
-    step = jax.shard_map(lambda g, s, p: update(g, s, p), mesh=mesh,
-                         in_specs=(P("data"), P("data"), P()), out_specs=(P(), P("data")))
+
+    def step(grads, state, params):  # grads: a (1, ...) block per device
+      out, state = update(jax.tree.map(lambda g: g[0], grads), state, params)
+      return jax.tree.map(lambda u: u[None], out), state
+
+    step = jax.shard_map(step, mesh=mesh, in_specs=(P("data"), P("data"), P()),
+                         out_specs=(P("data"), P("data")))
   """
 
   def update(updates, state, params=None, **extra_args):
     n = int(jax.lax.axis_size(axis_name))
+    tracking = False
     for leaf in jax.tree.leaves(state):
       if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != 1:
         block = "a scalar" if jnp.ndim(leaf) == 0 else f"{jnp.shape(leaf)[0]} workers"
@@ -189,6 +244,18 @@ def device_update(tx: optax.GradientTransformation, axis_name: Any):
           "initialise it with bc.init_workers(tx, params, n) for n equal to the mesh axis "
           "size, and shard it with PartitionSpec(axis_name)"
         )
+      tracking = tracking or axis_name in (_varying_axes(leaf) or ())
+    if tracking and n > 1:
+      for leaf in jax.tree.leaves(updates):
+        varying = _varying_axes(leaf)
+        if varying is not None and axis_name not in varying:
+          raise ValueError(
+            f"device_update: the updates are the same on every device of axis {axis_name!r} "
+            "(invariant in shard_map's types): a gradient with respect to replicated "
+            "parameters is already summed over the devices by jax.grad. Differentiate with "
+            f"respect to jax.lax.pcast(params, {axis_name!r}, to='varying'), or use "
+            "shard_map(..., check_vma=False)"
+          )
     inner = jax.tree.map(lambda x: x[0], state)
     out, inner = tx.update(updates, inner, params, **extra_args)
     return out, jax.tree.map(lambda x: x[None], inner)

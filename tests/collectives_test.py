@@ -463,3 +463,32 @@ def test_two_stage_server_error_conserves_the_mean():
   np.testing.assert_allclose(lhs, rhs, rtol=1e-5, atol=1e-5)
   # and the server error is not trivially zero: Top-k of the chunk sums drops mass
   assert np.abs(np.asarray(err)).sum() > 1.0
+
+
+def test_device_update_rejects_gradients_already_summed_by_jax_grad():
+  """Under check_vma, grad w.r.t. replicated params is the all-reduced sum: refuse it, and
+  accept the per-device gradient of pcast(params, to='varying')."""
+  mesh = _mesh()
+  tx = bc.error_feedback(bc.top_k(0.1), axis_name="w")
+  params = jnp.zeros(16)
+  state = bc.init_workers(tx, params, N, sharding=NamedSharding(mesh, P("w")))
+  assert state.error.sharding.spec[0] == "w"
+  update = bc.device_update(tx, "w")
+  x = _put(jnp.ones((N, 16)), mesh, P("w"))
+  p = _put(params, mesh, P())
+
+  def make(varying):
+    def body(x, s, p):
+      q = jax.lax.pcast(p, "w", to="varying") if varying else p
+      g = jax.grad(lambda q: jnp.sum(q * x[0]))(q)
+      out, s = update(g, s, p)
+      return out[None], s
+
+    return jax.jit(
+      jax.shard_map(body, mesh=mesh, in_specs=(P("w"), P("w"), P()), out_specs=(P("w"), P("w")))
+    )
+
+  with pytest.raises(ValueError, match="already summed over the devices"):
+    make(False)(x, state, p)
+  out, _ = make(True)(x, state, p)
+  np.testing.assert_allclose(np.asarray(out)[0], bc.top_k(0.1).compress(jnp.ones(16)))
