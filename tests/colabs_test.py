@@ -55,6 +55,7 @@ def test_notebook_has_no_outputs(path):
 def test_notebook_runs(path, monkeypatch):
   monkeypatch.setenv("BC_NOTEBOOK_DIM", "1024")
   monkeypatch.setenv("BC_NOTEBOOK_DRAWS", "4")
+  monkeypatch.setenv("BC_NOTEBOOK_STEPS", "100")
   monkeypatch.setenv("MPLBACKEND", "Agg")
   import matplotlib.pyplot as plt  # a test dependency: the notebooks plot
 
