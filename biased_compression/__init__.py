@@ -49,6 +49,7 @@ from biased_compression._registry import standard_compressors
 from biased_compression._sparsification import adaptive_random_sparsification
 from biased_compression._sparsification import rand_k
 from biased_compression._sparsification import top_k
+from biased_compression._topk import abs_top_k
 from biased_compression._transforms import BitCount
 from biased_compression._transforms import bits_sent
 from biased_compression._transforms import device_update
@@ -68,6 +69,7 @@ __all__ = (
   "ErrorFeedbackState",
   "MeanResult",
   "adaptive_random_sparsification",
+  "abs_top_k",
   "b1_constants",
   "b2_constants",
   "b3_constants",

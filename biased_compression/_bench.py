@@ -24,9 +24,11 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from tqdm import tqdm
 
 from biased_compression import _base
+from biased_compression import _topk
 
 __all__ = [
   "time_call",
@@ -37,6 +39,9 @@ __all__ = [
   "format_table",
   "format_sig",
   "compressor_bench_tables",
+  "bench_topk",
+  "topk_bench_tables",
+  "TOPK_METHODS",
 ]
 
 
@@ -195,6 +200,159 @@ def compressor_bench_tables(results: Iterable[Mapping[str, Any]]) -> str:
         for r in rows
       ],
       align="<rrrrrr",
+    )
+    blocks.append(f"{title}\n{table}")
+  return "\n\n".join(blocks)
+
+
+TOPK_METHODS = ("exact_sort", "radix", "approx")
+
+
+def _torch_topk() -> Callable[[np.ndarray, int], Callable[[], Any]] | None:
+  """A timer factory for ``torch.topk(|x|, k)`` when PyTorch is importable, else None."""
+  try:
+    import torch  # optional: never a dependency
+  except ImportError:
+    return None
+
+  def make(x: np.ndarray, k: int) -> Callable[[], Any]:
+    xt = torch.from_numpy(x)
+    return lambda: torch.topk(xt.abs(), k, sorted=False).indices.numpy()
+
+  return make
+
+
+def bench_topk(
+  sizes: Sequence[int],
+  ratios: Sequence[float],
+  *,
+  repeats: int = 5,
+  seed: int = 0,
+  methods: Sequence[str] = TOPK_METHODS,
+  on_size_done: Callable[[int, list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
+  """Times the Top-k selection methods of `_topk.abs_top_k` on a float32 Gaussian vector.
+
+  For each ``d = 2**s`` and ``k = max(1, round(ratio * d))``, every method in ``methods``
+  is jitted and timed by `time_call` as ``abs_top_k(x, k, method=...)`` (values and
+  indices), next to the references ``x * 1.0001`` and ``jnp.sum(x)`` timed before and after
+  (the minimum is kept). ``torch.topk(|x|, k)`` on the same data is timed too when PyTorch
+  is importable (with its default threads; never a dependency). Each result is compared
+  with ``jax.lax.top_k``'s set of indices: ``recall`` is the fraction of that set found
+  (1.0 for the exact methods; ties are absent from Gaussian data).
+
+  Args:
+    sizes: base-2 logarithms of the vector sizes.
+    ratios: fractions of the entries to keep, each in (0, 1].
+    repeats: timed calls per measurement (the minimum is kept), after one warm-up call.
+    seed: seed of the input vector.
+    methods: `abs_top_k` methods to time ("exact_sort" is always timed: it is the baseline).
+    on_size_done: called as ``on_size_done(d, rows)`` when a size is finished.
+
+  Returns:
+    One dict per (size, ratio, method) with keys ``method, d, k, ratio, ms,
+    reference_ms, read_reference_ms, reference_ratio, read_ratio, speedup_vs_lax_top_k,
+    recall``.
+  """
+  methods = ["exact_sort", *(m for m in methods if m != "exact_sort")]
+  torch_topk = _torch_topk()
+  results: list[dict[str, Any]] = []
+  total = len(sizes) * len(ratios) * (len(methods) + (torch_topk is not None))
+  with tqdm(total=total, disable=None, file=sys.stderr, desc="bench topk") as bar:
+    for s in sizes:
+      d = 1 << s
+      x = jax.block_until_ready(
+        jax.random.normal(jax.random.fold_in(jax.random.key(seed), s), (d,), jnp.float32)
+      )
+      ref_before = reference_ms(x, repeats)
+      read_before = read_reference_ms(x, repeats)
+      timings = []
+      for ratio in ratios:
+        k = max(1, round(ratio * d))
+        expected = None
+        for method in methods:
+          bar.set_postfix_str(f"d=2^{s} k={k} {method}", refresh=False)
+          fn = jax.jit(lambda x, k=k, method=method: _topk.abs_top_k(x, k, method=method))
+          ms = time_call(fn, x, repeats=repeats)
+          found = np.asarray(fn(x)[1])
+          if expected is None:
+            expected = found
+          timings.append((method, k, ratio, ms, _recall(found, expected)))
+          bar.update(1)
+        if torch_topk is not None:
+          bar.set_postfix_str(f"d=2^{s} k={k} torch.topk", refresh=False)
+          call = torch_topk(np.asarray(x), k)
+          ms = _time_host(call, repeats)
+          timings.append(("torch.topk", k, ratio, ms, _recall(call(), expected)))
+          bar.update(1)
+      ref = min(ref_before, reference_ms(x, repeats))
+      read_ref = min(read_before, read_reference_ms(x, repeats))
+      base = {(k, m): ms for m, k, _, ms, _ in timings}
+      rows = [
+        {
+          "method": method,
+          "d": d,
+          "k": k,
+          "ratio": ratio,
+          "ms": ms,
+          "reference_ms": ref,
+          "read_reference_ms": read_ref,
+          "reference_ratio": ms / ref,
+          "read_ratio": ms / read_ref,
+          "speedup_vs_lax_top_k": base[(k, "exact_sort")] / ms,
+          "recall": recall,
+        }
+        for method, k, ratio, ms, recall in timings
+      ]
+      results.extend(rows)
+      if on_size_done is not None:
+        on_size_done(d, rows)
+  return results
+
+
+def _recall(found: np.ndarray, expected: np.ndarray) -> float:
+  return len(np.intersect1d(found, expected)) / len(expected)
+
+
+def _time_host(fn: Callable[[], Any], repeats: int) -> float:
+  """`time_call` for a host function (one warm-up call, then the minimum, in ms)."""
+  fn()
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return 1e3 * best
+
+
+def topk_bench_tables(results: Iterable[Mapping[str, Any]]) -> str:
+  """Plain-text tables of `bench_topk` results, one per (size, k)."""
+  groups: dict[tuple[int, int], list[Mapping[str, Any]]] = {}
+  for row in results:
+    groups.setdefault((row["d"], row["k"]), []).append(row)
+  blocks = []
+  for (d, k), rows in groups.items():
+    s = d.bit_length() - 1
+    size = f"2^{s}" if d == 1 << s else str(d)
+    title = (
+      f"d = {size} float32 (x ~ N(0, 1)), k = {k} ({rows[0]['ratio']:g}); reference "
+      f"x * 1.0001: {rows[0]['reference_ms']:.4g} ms, read-only sum(x): "
+      f"{rows[0]['read_reference_ms']:.4g} ms; times are the min over the repeats"
+    )
+    table = format_table(
+      ["method", "ms", "/ref", "/read", "vs lax.top_k", "recall"],
+      [
+        [
+          r["method"],
+          f"{r['ms']:.4g}",
+          f"{r['reference_ratio']:.3g}",
+          f"{r['read_ratio']:.3g}",
+          f"{r['speedup_vs_lax_top_k']:.3g}x",
+          f"{r['recall']:.4f}",
+        ]
+        for r in rows
+      ],
+      align="<",
     )
     blocks.append(f"{title}\n{table}")
   return "\n\n".join(blocks)

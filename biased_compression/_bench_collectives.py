@@ -38,7 +38,7 @@ def bench_compressors_for_collectives() -> dict[str, _base.Compressor]:
   """The compressors of the benchmark: 1 bit (scaled sign), Top-k 1 %, natural dithering."""
   return {
     "scaled_sign": _quantization.scaled_sign(),
-    "top_k_1pct": _sparsification.top_k(0.01, method="exact_sort"),  # TEMP until radix works in shard_map
+    "top_k_1pct": _sparsification.top_k(0.01),
     "natural_dithering_3": _quantization.natural_dithering(3),
   }
 

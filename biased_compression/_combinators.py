@@ -228,25 +228,34 @@ def compose(outer: _base.Compressor, inner: _base.Compressor) -> Compose:
 
 
 def top_k_natural_dithering(
-  ratio: float | None = None, *, k: int | None = None, levels: int = 7
+  ratio: float | None = None,
+  *,
+  k: int | None = None,
+  levels: int = 7,
+  method: str = "auto",
+  recall_target: float = 0.95,
 ) -> Compose:
   r"""Top-k followed by natural dithering of the k kept values (the paper's new compressor).
 
-  Equal to ``compose(natural_dithering(levels), top_k(ratio, k=k))``. With w the natural
-  dithering omega at dimension k, C is in B2(k/d, 1 + w), so ``contractive(C)`` = C/(1 + w)
-  is in B3((1 + w) d / k); C itself is in B3(d / ((1 - w) k)) when w < 1.
+  Equal to ``compose(natural_dithering(levels), top_k(ratio, k=k, method=method))``. With w
+  the natural dithering omega at dimension k, C is in B2(k/d, 1 + w), so ``contractive(C)``
+  = C/(1 + w) is in B3((1 + w) d / k); C itself is in B3(d / ((1 - w) k)) when w < 1.
+  (With ``method="approx"``, k/d becomes `top_k`'s k/(Lw).)
   Wire: k indices, a float32 norm, and k (1 + ceil(log2(levels + 1))) bits.
 
   Args:
     ratio: fraction of entries kept, in (0, 1].
     k: number of entries kept (exclusive with ratio).
     levels: natural dithering levels s; the default 7 gives 4 bits per kept value.
+    method: `top_k`'s selection method ("auto", "exact_sort", "radix" or "approx").
+    recall_target: `top_k`'s recall target, with ``method="approx"`` only.
 
   References:
     Beznosikov et al., On Biased Compression for Distributed Learning, 2023,
     https://arxiv.org/abs/2002.12410
   """
-  return compose(_quantization.natural_dithering(levels), _sparsification.top_k(ratio, k=k))
+  sparsifier = _sparsification.top_k(ratio, k=k, method=method, recall_target=recall_target)
+  return compose(_quantization.natural_dithering(levels), sparsifier)
 
 
 def induced(biased: _base.Compressor, unbiased: _base.Compressor) -> Induced:

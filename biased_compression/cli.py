@@ -7,6 +7,8 @@ Subcommands:
   error ``||C(x) - x||^2 / ||x||^2`` on three test vectors (see `_vectors.test_vectors`).
 * ``bench compressors [--sizes 16,18,...] [--repeats R] [--only NAME,...] [--json PATH]``:
   times encode and decode of every compressor against a memory-bound reference.
+* ``bench topk [--sizes 24] [--ratios 0.01,0.1] [--repeats R] [--methods ...] [--json PATH]``:
+  times the Top-k selection methods (and ``torch.topk`` when PyTorch is importable).
 
 Tables go to stdout, progress bars to stderr (only on a terminal). Usage errors exit with
 status 2.
@@ -73,6 +75,30 @@ def _log2_sizes(text: str) -> tuple[int, ...]:
       f"sizes are log2 of the vector size and must be in 0 .. {_MAX_LOG2_SIZE}, got {bad}"
     )
   return sizes
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+  """Parses ``0.01,0.1``: fractions of the entries to keep, each in (0, 1]."""
+  try:
+    ratios = tuple(float(p) for p in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+      f"expected comma-separated fractions (e.g. 0.01,0.1), got {text!r}"
+    ) from None
+  bad = [r for r in ratios if not 0.0 < r <= 1.0]
+  if bad:
+    raise argparse.ArgumentTypeError(f"ratios must be in (0, 1], got {bad}")
+  return ratios
+
+
+def _topk_methods(text: str) -> tuple[str, ...]:
+  methods = tuple(p.strip() for p in text.split(",") if p.strip())
+  bad = [m for m in methods if m not in _bench.TOPK_METHODS]
+  if not methods or bad:
+    raise argparse.ArgumentTypeError(
+      f"expected methods among {', '.join(_bench.TOPK_METHODS)}, got {text!r}"
+    )
+  return methods
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -182,6 +208,24 @@ def _cmd_bench_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int
   return 0
 
 
+def _cmd_bench_topk(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  def print_size(d: int, rows: list[dict[str, Any]]) -> None:
+    tqdm.write(_bench.topk_bench_tables(rows) + "\n", file=sys.stdout)
+
+  results = _bench.bench_topk(
+    args.sizes,
+    args.ratios,
+    repeats=args.repeats,
+    seed=args.seed,
+    methods=args.methods,
+    on_size_done=print_size,
+  )
+  if args.json is not None:
+    _bench.write_record(args.json, results, argv)
+    print(f"wrote {args.json}")
+  return 0
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -226,6 +270,43 @@ def build_parser() -> argparse.ArgumentParser:
   )
   bc.add_argument("--json", default=None, metavar="PATH", help="write a JSON record to PATH")
   bc.set_defaults(func=_cmd_bench_compressors, parser=bc)
+
+  bt = bench_commands.add_parser(
+    "topk",
+    help="Top-k selection: lax.top_k, radix, approx_max_k (and torch.topk if installed)",
+    description="Times jitted Top-k selection of the k largest |x_i| of float32 Gaussian "
+    "vectors of size 2^s with each method of abs_top_k (exact_sort = jax.lax.top_k, radix, "
+    "approx = jax.lax.approx_max_k), and torch.topk when PyTorch is importable, next to the "
+    "references x * 1.0001 and sum(x); reports the min over the repeats in ms, the ratios, "
+    "the speed-up over lax.top_k and the recall of lax.top_k's set.",
+  )
+  bt.add_argument(
+    "--sizes",
+    type=_log2_sizes,
+    default=(24,),
+    metavar="S,S,...",
+    help="log2 of the vector sizes (default: 24)",
+  )
+  bt.add_argument(
+    "--ratios",
+    type=_ratios,
+    default=(0.01, 0.1),
+    metavar="R,R,...",
+    help="fractions of the entries kept (default: 0.01,0.1)",
+  )
+  bt.add_argument(
+    "--methods",
+    type=_topk_methods,
+    default=_bench.TOPK_METHODS,
+    metavar="M,M,...",
+    help="methods to time; exact_sort is always timed (default: all)",
+  )
+  bt.add_argument(
+    "--repeats", type=_positive_int, default=5, help="timed calls, min is kept (default: 5)"
+  )
+  bt.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+  bt.add_argument("--json", default=None, metavar="PATH", help="write a JSON record to PATH")
+  bt.set_defaults(func=_cmd_bench_topk, parser=bt)
   return parser
 
 

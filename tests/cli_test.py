@@ -99,9 +99,29 @@ def test_bench_compressors_writes_json(tmp_path, capsys):
   assert results[0]["bits_per_coord"] == 1.0
 
 
+def test_bench_topk_writes_json(tmp_path, capsys):
+  path = tmp_path / "topk.json"
+  argv = ["bench", "topk", "--sizes", "12", "--ratios", "0.01", "--repeats", "1"]
+  argv += ["--methods", "radix", "--json", str(path)]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "d = 2^12 float32" in out and "k = 41" in out
+  record = json.loads(path.read_text())
+  assert record["command"] == ["biased-compression", *argv]
+  methods = [r["method"] for r in record["results"]]
+  assert methods[:2] == ["exact_sort", "radix"] and set(methods) <= {*methods[:2], "torch.topk"}
+  for r in record["results"]:
+    assert r["d"] == 4096 and r["k"] == 41 and r["recall"] == 1.0
+    assert r["ms"] > 0 and r["reference_ratio"] == pytest.approx(r["ms"] / r["reference_ms"])
+  assert record["results"][0]["speedup_vs_lax_top_k"] == 1.0
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
+    (["bench", "topk", "--ratios", "0"], "ratios must be in (0, 1]"),
+    (["bench", "topk", "--ratios", "a"], "comma-separated fractions"),
+    (["bench", "topk", "--methods", "radix,heap"], "expected methods among"),
     (["frobnicate"], "invalid choice"),
     (["bench"], "required"),
     (["bench", "collectives"], "invalid choice"),
