@@ -205,11 +205,14 @@ def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vot
   chunk, padded = chunking(d, n)
   chunks = jnp.pad(v, (0, padded - d)).reshape(n, chunk).astype(dtype)
   keys = None if key is None else jax.random.split(key, n)
+  # lax.map rather than vmap: a sequential loop over the chunks, which keeps data-dependent
+  # control flow inside an encoder (the radix Top-k's repair loop) unbatched; batching it
+  # inside shard_map trips JAX 0.10's varying-axes check.
   if keys is None:
-    payloads = jax.vmap(lambda c: compressor.encode(c))(chunks)
+    payloads = jax.lax.map(lambda c: compressor.encode(c), chunks)
     local = _decode_all(compressor, payloads, chunk, dtype, None)
   else:
-    payloads = jax.vmap(lambda c, k: compressor.encode(c, key=k))(chunks, keys)
+    payloads = jax.lax.map(lambda ck: compressor.encode(ck[0], key=ck[1]), (chunks, keys))
     local = jax.vmap(lambda p, k: compressor.decode(p, (chunk,), dtype, key=k).astype(jnp.float32))(
       payloads, keys
     )

@@ -226,6 +226,53 @@ def _cmd_bench_topk(args: argparse.Namespace, argv: Sequence[str]) -> int:
   return 0
 
 
+def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  if jax.default_backend() == "cpu" and jax.device_count() < args.devices:
+    args.parser.error(
+      f"only {jax.device_count()} CPU devices: the JAX backend started before --devices "
+      f"{args.devices} could be applied"
+    )
+  from biased_compression import _bench_collectives
+
+  with tqdm(total=3, desc="bench collectives", file=sys.stderr) as bar:
+    rows = _bench_collectives.traffic(args.dim, args.workers)
+    bar.update()
+    rows += _bench_collectives.step_times(
+      args.dim, min(jax.device_count(), max(args.workers)), args.repeats
+    )
+    bar.update()
+    cost = _bench_collectives.sign_cost_ms_per_million(min(args.dim, 1 << 22), args.repeats)
+    rows += _bench_collectives.network_model(
+      args.model_params, args.model_workers, args.gbits, args.compute_ms, args.alpha_us, cost
+    )
+    bar.update()
+  print(_bench_collectives.tables(rows))
+  if args.json is not None:
+    _bench.write_record(args.json, rows, argv)
+    print(f"wrote {args.json}")
+  return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+  if not values or any(not v > 0 for v in values):
+    raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+  return values
+
+
+def _ints(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+  if not values or any(v < 2 for v in values):
+    raise argparse.ArgumentTypeError(f"expected worker counts >= 2, got {text!r}")
+  return values
+
+
 # -- parser ---------------------------------------------------------------------------------
 
 
@@ -307,6 +354,57 @@ def build_parser() -> argparse.ArgumentParser:
   bt.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
   bt.add_argument("--json", default=None, metavar="PATH", help="write a JSON record to PATH")
   bt.set_defaults(func=_cmd_bench_topk, parser=bt)
+
+  bl = bench_commands.add_parser(
+    "collectives",
+    help="bytes per device and time of the compressed all-reduce; modelled network speed-up",
+    description="Bytes each device sends per step for the dense float32 all-reduce, "
+    "all_gather and two_stage (scaled sign, Top-k 1%%, natural dithering), read from the "
+    "compiled programs on up to --devices local CPU devices and from the analytic model "
+    "beyond; the time of one compressed mean against the dense pmean on the local devices; "
+    "and an alpha-beta model of a large model's step time on a slow network.",
+  )
+  bl.add_argument("--dim", type=_positive_int, default=1 << 20, help="model size (default: 2^20)")
+  bl.add_argument(
+    "--workers",
+    type=_ints,
+    default=(2, 4, 8, 16, 64, 256),
+    metavar="N,N,...",
+    help="worker counts (measured up to the device count; default: 2,4,8,16,64,256)",
+  )
+  bl.add_argument(
+    "--devices", type=_positive_int, default=8, help="local CPU devices to use (default: 8)"
+  )
+  bl.add_argument(
+    "--model-params",
+    type=_positive_int,
+    default=100_000_000,
+    help="parameters of the modelled model (default: 1e8)",
+  )
+  bl.add_argument(
+    "--model-workers", type=_positive_int, default=16, help="modelled workers (default: 16)"
+  )
+  bl.add_argument(
+    "--gbits",
+    type=_floats,
+    default=(10.0, 100.0),
+    metavar="G,G,...",
+    help="modelled link bandwidths in Gbit/s (default: 10,100)",
+  )
+  bl.add_argument(
+    "--compute-ms",
+    type=float,
+    default=100.0,
+    help="assumed forward + backward time of the modelled step (default: 100)",
+  )
+  bl.add_argument(
+    "--alpha-us", type=float, default=20.0, help="latency per message, us (default: 20)"
+  )
+  bl.add_argument(
+    "--repeats", type=_positive_int, default=5, help="timed calls, min is kept (default: 5)"
+  )
+  bl.add_argument("--json", default=None, metavar="PATH", help="write a JSON record to PATH")
+  bl.set_defaults(func=_cmd_bench_collectives, parser=bl)
   return parser
 
 
@@ -336,6 +434,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
   parser = build_parser()
   args = parser.parse_args(argv)
+  if getattr(args, "bench_command", None) == "collectives":
+    # CPU devices must be configured before the backend starts (nothing has started it yet).
+    try:
+      jax.config.update("jax_num_cpu_devices", args.devices)
+    except RuntimeError:
+      pass  # already started: _cmd_bench_collectives reports the device count
   if args.command is None:
     # No subcommand: `compressors` with its defaults.
     args = parser.parse_args(["compressors"])

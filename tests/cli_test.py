@@ -116,6 +116,26 @@ def test_bench_topk_writes_json(tmp_path, capsys):
   assert record["results"][0]["speedup_vs_lax_top_k"] == 1.0
 
 
+def test_bench_collectives_measures_and_models(tmp_path, capsys):
+  """Measured traffic equals the analytic model; the JSON record has all three parts."""
+  path = tmp_path / "collectives.json"
+  argv = ["bench", "collectives", "--dim", "4096", "--workers", "2,4,64", "--repeats", "1"]
+  argv += ["--json", str(path)]
+  assert cli.main(argv) == 0
+  out = capsys.readouterr().out
+  assert "Bytes sent per device per step" in out and "Modelled step" in out
+  rows = json.loads(path.read_text())["results"]
+  traffic = [r for r in rows if r["part"] == "traffic"]
+  measured = [r for r in traffic if r["measured_bytes"] is not None]
+  assert {r["n"] for r in measured} == {2, 4}
+  assert all(r["measured_bytes"] == r["model_bytes"] for r in measured)
+  assert all(r["measured_bytes"] is None for r in traffic if r["n"] == 64)
+  ts_sign = [r for r in traffic if r["compressor"] == "scaled_sign" and r["method"] == "two_stage"]
+  # 1 bit per coordinate plus a float32 scale per chunk of 4096 / n coordinates
+  assert all(r["dense_over_this"] >= 25 for r in ts_sign if r["n"] == 4)
+  assert {r["part"] for r in rows} == {"traffic", "time", "model"}
+
+
 @pytest.mark.parametrize(
   "argv, message",
   [
@@ -124,7 +144,8 @@ def test_bench_topk_writes_json(tmp_path, capsys):
     (["bench", "topk", "--methods", "radix,heap"], "expected methods among"),
     (["frobnicate"], "invalid choice"),
     (["bench"], "required"),
-    (["bench", "collectives"], "invalid choice"),
+    (["bench", "collectives", "--workers", "1"], "worker counts >= 2"),
+    (["bench", "collectives", "--gbits", "0"], "positive numbers"),
     (["bench", "compressors", "--sizes", "16,x"], "comma-separated integers"),
     (["bench", "compressors", "--sizes", "40"], "must be in 0 .. 30"),
     (["bench", "compressors", "--repeats", "0"], "positive integer"),
