@@ -111,10 +111,6 @@ def choose_method(compressor: _base.Compressor, d: int, n: int) -> str:
   return "all_gather"
 
 
-def _payload_bytes(payload) -> int:
-  return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(payload))
-
-
 def _axis_size(axis_name) -> int:
   return int(jax.lax.axis_size(axis_name))
 
@@ -174,10 +170,15 @@ def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name):
   return acc
 
 
-def _decode_all(compressor, payloads, d, dtype, key):
-  return jax.vmap(lambda p: compressor.decode(p, (d,), dtype, key=key).astype(jnp.float32))(
-    payloads
-  )
+def _decode_each(compressor, payloads, d, dtype, keys=None):
+  """Decodes a stack of payloads (leading axis) into float32 rows; ``keys``: one per payload."""
+
+  def decode(payload, key):
+    return compressor.decode(payload, (d,), dtype, key=key).astype(jnp.float32)
+
+  if keys is None:
+    return jax.vmap(lambda p: decode(p, None))(payloads)
+  return jax.vmap(decode)(payloads, keys)
 
 
 def _all_gather(compressor, v, dtype, key, axis_name, w, total):
@@ -210,19 +211,12 @@ def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vot
   # inside shard_map trips JAX 0.10's varying-axes check.
   if keys is None:
     payloads = jax.lax.map(lambda c: compressor.encode(c), chunks)
-    local = _decode_all(compressor, payloads, chunk, dtype, None)
   else:
     payloads = jax.lax.map(lambda ck: compressor.encode(ck[0], key=ck[1]), (chunks, keys))
-    local = jax.vmap(lambda p, k: compressor.decode(p, (chunk,), dtype, key=k).astype(jnp.float32))(
-      payloads, keys
-    )
-  local = local.reshape(-1)[:d]
+  local = _decode_each(compressor, payloads, chunk, dtype, keys).reshape(-1)[:d]
   received = jax.tree.map(lambda x: jax.lax.all_to_all(x, axis_name, 0, 0), payloads)
-  shared_key = None
-  if shares_randomness(compressor):
-    # every worker drew chunk j with the j-th split of the shared key
-    shared_key = keys[jax.lax.axis_index(axis_name)]
-  summed = _sum_decoded(compressor, received, chunk, dtype, shared_key, w, axis_name)
+  # check_method rules out shared randomness here: no decode needs a key
+  summed = _sum_decoded(compressor, received, chunk, dtype, None, w, axis_name)
   chunk_mean = _normalise(summed, total)
   anyone = _participated(total)
   index = jax.lax.axis_index(axis_name)
@@ -243,7 +237,7 @@ def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vot
       jnp.pad(server_error, (0, padded - d)), new_own.astype(jnp.float32), (index * chunk,)
     )[:d]
   gathered = jax.lax.all_gather(server_payload, axis_name)
-  mean = _decode_all(compressor, gathered, chunk, dtype, None).reshape(-1)[:d]
+  mean = _decode_each(compressor, gathered, chunk, dtype).reshape(-1)[:d]
   if anyone is not None:
     mean = jnp.where(anyone, mean, 0.0)
   return mean, local, new_error
