@@ -241,7 +241,9 @@ def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int
       args.dim, min(jax.device_count(), max(args.workers)), args.repeats
     )
     bar.update()
-    cost = _bench_collectives.sign_cost_ms_per_million(min(args.dim, 1 << 22), args.repeats)
+    cost = _bench_collectives.sign_cost_ms_per_million(
+      min(args.dim, 1 << 22), args.repeats, args.model_workers
+    )
     rows += _bench_collectives.network_model(
       args.model_params, args.model_workers, args.gbits, args.compute_ms, args.alpha_us, cost
     )
