@@ -81,17 +81,6 @@ def compress(
     Compagnoni, Islamov, Proske, Lucchi, Unbiased and sign compression in distributed
     learning: comparing noise resilience via SDEs, AISTATS 2025, arXiv:2502.17009.
   """
-  opts = _transforms.common_options(
-    "compress",
-    compressor,
-    seed,
-    axis_name,
-    scope,
-    start_step,
-    min_size,
-    method,
-    dense_axis_name,
-  )
 
   def algorithm(step, u, state):
     del state
@@ -105,7 +94,13 @@ def compress(
     compressor,
     contractive=False,
     aggregate="mean",
-    **opts,
+    seed=seed,
+    axis_name=axis_name,
+    scope=scope,
+    start_step=start_step,
+    min_size=min_size,
+    method=method,
+    dense_axis_name=dense_axis_name,
   )
 
 
@@ -153,17 +148,7 @@ def diana(
     Horvath, Richtarik, A better alternative to error feedback for communication-efficient
     distributed learning (induced compressor), ICLR 2021, arXiv:2006.11077.
   """
-  opts = _transforms.common_options(
-    "diana",
-    compressor,
-    seed,
-    axis_name,
-    scope,
-    start_step,
-    min_size,
-    method,
-    dense_axis_name,
-  )
+  _transforms.check_compressor("diana", compressor)
   if not compressor.unbiased:
     raise ValueError(
       f"diana: compressor must be unbiased, got {compressor.name}, which is biased; use an "
@@ -203,5 +188,11 @@ def diana(
     compressor,
     contractive=False,
     aggregate="increment",
-    **opts,
+    seed=seed,
+    axis_name=axis_name,
+    scope=scope,
+    start_step=start_step,
+    min_size=min_size,
+    method=method,
+    dense_axis_name=dense_axis_name,
   )

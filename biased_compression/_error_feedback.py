@@ -168,17 +168,6 @@ def error_feedback(
     Beznosikov, Horvath, Richtarik, Safaryan, On biased compression for distributed
     learning, 2023, arXiv:2002.12410.
   """
-  opts = _transforms.common_options(
-    "error_feedback",
-    compressor,
-    seed,
-    axis_name,
-    scope,
-    start_step,
-    min_size,
-    method,
-    dense_axis_name,
-  )
 
   def algorithm(step, u, state):
     p = _add(u, state["error"])
@@ -193,7 +182,13 @@ def error_feedback(
     compressor,
     contractive=True,
     aggregate="mean",
-    **opts,
+    seed=seed,
+    axis_name=axis_name,
+    scope=scope,
+    start_step=start_step,
+    min_size=min_size,
+    method=method,
+    dense_axis_name=dense_axis_name,
   )
 
 
@@ -246,21 +241,8 @@ def ef21(
     Richtarik, Sokolov, Fatkhullin, EF21: a new, simpler, theoretically better, and
     practically faster error feedback, 2021, arXiv:2106.05203.
   """
-  opts = _transforms.common_options(
-    "ef21",
-    compressor,
-    seed,
-    axis_name,
-    scope,
-    start_step,
-    min_size,
-    method,
-    dense_axis_name,
-  )
   if init not in EF21_INITS:
     raise ValueError(f"ef21: init must be one of {EF21_INITS}, got {init!r}")
-  if init == "dense":
-    opts["start_step"] = _at_least_one(opts["start_step"])
 
   def algorithm(step, u, state):
     est, mean_est = _ef21_step(step, u, state["estimate"], state["mean_estimate"])
@@ -274,14 +256,15 @@ def ef21(
     compressor,
     contractive=True,
     aggregate="increment",
-    **opts,
+    dense_first_step=init == "dense",
+    seed=seed,
+    axis_name=axis_name,
+    scope=scope,
+    start_step=start_step,
+    min_size=min_size,
+    method=method,
+    dense_axis_name=dense_axis_name,
   )
-
-
-def _at_least_one(start_step):
-  if _transforms.is_concrete(start_step):
-    return max(int(jnp.asarray(start_step)), 1)
-  return jnp.maximum(start_step, 1)
 
 
 def ef21_sgdm(
@@ -320,17 +303,6 @@ def ef21_sgdm(
     Fatkhullin, Tyurin, Richtarik, Momentum provably improves error feedback!, NeurIPS 2023,
     arXiv:2305.15155.
   """
-  opts = _transforms.common_options(
-    "ef21_sgdm",
-    compressor,
-    seed,
-    axis_name,
-    scope,
-    start_step,
-    min_size,
-    method,
-    dense_axis_name,
-  )
   _transforms.check_unit_interval("ef21_sgdm", "momentum", momentum, low_open=False, high_open=True)
 
   def algorithm(step, u, state):
@@ -352,7 +324,13 @@ def ef21_sgdm(
     compressor,
     contractive=True,
     aggregate="increment",
-    **opts,
+    seed=seed,
+    axis_name=axis_name,
+    scope=scope,
+    start_step=start_step,
+    min_size=min_size,
+    method=method,
+    dense_axis_name=dense_axis_name,
   )
 
 
@@ -390,17 +368,6 @@ def econtrol(
     Gao, Islamov, Stich, EControl: fast distributed optimization with compression and error
     control, ICLR 2024, arXiv:2311.05645.
   """
-  opts = _transforms.common_options(
-    "econtrol",
-    compressor,
-    seed,
-    axis_name,
-    scope,
-    start_step,
-    min_size,
-    method,
-    dense_axis_name,
-  )
   _transforms.check_unit_interval("econtrol", "eta", eta, low_open=True, high_open=False)
 
   def algorithm(step, u, state):
@@ -423,5 +390,11 @@ def econtrol(
     compressor,
     contractive=True,
     aggregate="increment",
-    **opts,
+    seed=seed,
+    axis_name=axis_name,
+    scope=scope,
+    start_step=start_step,
+    min_size=min_size,
+    method=method,
+    dense_axis_name=dense_axis_name,
   )

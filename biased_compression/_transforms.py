@@ -313,29 +313,24 @@ def check_options(fn: str, *, scope, start_step, min_size, seed, axis_name) -> N
       ) from None
 
 
-def common_options(
-  fn, compressor, seed, axis_name, scope, start_step, min_size, method, dense_axis_name
-) -> dict:
-  """Checks the options every transformation shares; returns them as keyword arguments."""
+def check_common(fn, compressor, seed, axis_name, scope, start_step, min_size, method, dense):
+  """Checks the options every transformation shares."""
   check_compressor(fn, compressor)
   check_options(
     fn, scope=scope, start_step=start_step, min_size=min_size, seed=seed, axis_name=axis_name
   )
   _collectives.check_method(fn, method, compressor)
-  if dense_axis_name is not None and axis_name is None:
+  if dense is not None and axis_name is None:
     raise ValueError(
-      f"{fn}: dense_axis_name={dense_axis_name!r} (the fast axis, reduced uncompressed) needs "
+      f"{fn}: dense_axis_name={dense!r} (the fast axis, reduced uncompressed) needs "
       "axis_name (the slow axis, reduced compressed)"
     )
-  return dict(
-    seed=seed,
-    axis_name=axis_name,
-    scope=scope,
-    start_step=start_step,
-    min_size=min_size,
-    method=method,
-    dense_axis_name=dense_axis_name,
-  )
+
+
+def _at_least_one(start_step):
+  if is_concrete(start_step):
+    return max(int(np.asarray(start_step)), 1)
+  return jnp.maximum(start_step, 1)
 
 
 def check_unit_interval(fn: str, name: str, value, *, low_open: bool, high_open: bool) -> None:
@@ -625,6 +620,7 @@ def transformation(
   dense_axis_name,
   contractive: bool,
   aggregate: str,
+  dense_first_step: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   """Builds a transformation whose state is
   ``state_cls(count, rng_key, *fields, server_error, bits)``.
@@ -634,8 +630,15 @@ def transformation(
   and are kept unchanged when it does not participate. ``aggregate`` is ``"mean"`` (the
   output is the mean over the participants S, or (1/n) sum_S C_i / p_i) or ``"increment"``
   (the server's estimate moves by (1/n) sum_S c_i, so it stays the mean of the workers'
-  estimates; or (1/n) sum_S c_i / p_i given probabilities).
+  estimates; or (1/n) sum_S c_i / p_i given probabilities). The shared options are checked
+  here, when the factory runs; ``dense_first_step`` makes the first step dense whatever
+  ``start_step`` is.
   """
+  check_common(
+    fn, compressor, seed, axis_name, scope, start_step, min_size, method, dense_axis_name
+  )
+  if dense_first_step:
+    start_step = _at_least_one(start_step)
   needs_server_error = axis_name is not None and method in ("auto", "two_stage")
 
   def init_fn(params):
