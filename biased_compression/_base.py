@@ -135,6 +135,23 @@ class Compressor(abc.ABC):
     out = jax.eval_shape(lambda x: self.encode(x, key=key), spec)
     return sum(8 * leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(out))
 
+  def for_chunks(self, d: int, n: int) -> Compressor:
+    """The compressor applied to each of the n chunks of a d-element message (two_stage).
+
+    ``method="two_stage"`` splits a worker's message into n equal chunks and compresses each
+    one on its own. This returns the operator each chunk gets, chosen so that the worker's
+    whole message keeps the meaning of the compressor's parameters: a sparsifier keeps
+    k(d) values in total (k(d) / n per chunk), so k(d) must be a multiple of n. Operators
+    that act coordinate by coordinate are unchanged; norm-based ones (scaled sign,
+    dithering) take one norm per chunk, which their payload carries.
+
+    Raises:
+      ValueError: if no per-chunk operator keeps that meaning (e.g. k(d) not a multiple of
+        n); the message says what to use instead.
+    """
+    del d, n
+    return self
+
   # -- constants -------------------------------------------------------------------------
 
   def omega(self, d: int) -> float:

@@ -7,27 +7,45 @@ under ``jax.pmap``. It is the one code path of both: the tests compare them.
 Methods (``method=``), for n workers and a payload of B bytes per worker:
 
 * ``"all_gather"``: all_gather the encoded payloads, decode each, average in float32. The
-  exact mean of the n compressed messages; each device sends (n - 1) B.
-* ``"two_stage"``: the design of DeepSpeed 1-bit Adam, Bagua and CGX. The message is padded
-  and split into n chunks (a multiple of 8 elements each, so chunks are byte-aligned), each
-  chunk encoded; all_to_all sends chunk j to device j, which decodes and sums its n copies in
-  float32, adds its server error, re-compresses, keeps the new server error, and all_gathers
-  the encoded chunk. Each device sends about 2 (n - 1) / n B: independent of n. The result is
-  the server-compressed mean (biased for biased C); the server error feeds it back.
-* ``"psum"``: for linear codes (`identity`, `cast`, rand-k with ``shared_indices=True``): the
-  payload values are summed by the all-reduce itself (in the wire dtype) and decoded once.
-* ``"majority_vote"``: for `sign`: two_stage without server error, where the server sends
-  the sign of the sum (signSGD with majority vote: a 1-bit downlink).
-* ``"auto"``: psum for linear codes; otherwise a cost model (`choose_method`).
+  exact mean (1/n) sum_i C(x_i) of the n compressed messages: the papers' algorithm. Each
+  device sends (n - 1) B.
+* ``"psum"``: for linear codes (`identity`, `cast`, rand-k with ``shared_indices=True``):
+  the payload values are summed by the all-reduce itself, in the wire dtype, and decoded
+  once. The same mean as all_gather (exactly so for float32 payloads, up to the order of the
+  float32 additions); 2 (n - 1) / n B per device.
+* ``"two_stage"``: the design of DeepSpeed 1-bit Adam, Bagua and CGX, and a *different
+  algorithm*, chosen explicitly. The message is padded and split into n chunks (a multiple
+  of 8 elements each, so chunks are byte-aligned), each chunk compressed with
+  ``C.for_chunks(d, n)`` (a sparsifier keeps k(d) / n values per chunk, so the message still
+  keeps k(d); norm-based operators take one norm per chunk). all_to_all sends chunk j to
+  device j, the server of chunk j, which decodes and averages its n copies in float32 and
+  re-compresses the average with the same chunk operator: with a server error fed back
+  (error feedback on the server) when that operator is biased and contractive, without one
+  when it is unbiased (so the result stays unbiased); a biased operator that is not
+  contractive (`sign`) is refused. Each server all_gathers its encoded chunk. Each device
+  sends about 2 (n - 1) / n B, independent of n. The result is S(mean_i C(x_i)) with S the
+  server's compression, not the mean of the messages.
+* ``"majority_vote"``: for `sign`: two_stage whose server sends the sign of the chunk's sum
+  of signs (signSGD with majority vote: a 1-bit downlink), without server error.
+* ``"auto"`` (the default): the exact mean, i.e. ``"psum"`` for linear codes whose payload is
+  float32 and ``"all_gather"`` otherwise (`choose_method`). It never picks two_stage.
 
 Participation: ``mask`` (this worker's bool) and optional ``probability`` (its p_i). Workers
 outside S send nothing useful (their payload is zeroed and weighted 0). The mean is
 (1/|S|) sum_{i in S} C_i, or with probabilities the unbiased (1/n) sum_{i in S} C_i / p_i.
 With no participant the mean is zero and the server error is kept.
+
+Traffic: `traffic_bits` gives the bits a worker sends per message (its uplink: the payload,
+or its n chunk payloads under two_stage) and, under two_stage and majority_vote, the bits it
+sends as the server of its chunk (the downlink, all_gathered to the other workers). These are
+the operand sizes of the collectives in the compiled program (`wire_bytes`), which the tests
+check; participation weights (one float32 per worker when ``mask`` or ``probability`` is
+given) are not counted.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Sequence
@@ -41,7 +59,14 @@ from biased_compression import _base
 from biased_compression import _quantization
 from biased_compression import _sparsification
 
-__all__ = ["METHODS", "MeanResult", "compressed_mean", "choose_method", "wire_bytes"]
+__all__ = [
+  "METHODS",
+  "MeanResult",
+  "compressed_mean",
+  "choose_method",
+  "traffic_bits",
+  "wire_bytes",
+]
 
 METHODS = ("auto", "all_gather", "two_stage", "psum", "majority_vote")
 _SERVER_SALT = 0x5EED
@@ -95,20 +120,67 @@ def chunking(d: int, n: int) -> tuple[int, int]:
   return chunk, chunk * n
 
 
-def choose_method(compressor: _base.Compressor, d: int, n: int) -> str:
-  """The cost model of ``method="auto"``.
+@functools.lru_cache(maxsize=1024)
+def _float32_payload(compressor: _base.Compressor, d: int, dtype) -> bool:
+  spec = jax.ShapeDtypeStruct((d,), jnp.dtype(dtype))
+  key = jax.random.key(0) if compressor.needs_key else None
+  out = jax.eval_shape(lambda x: compressor.encode(x, key=key), spec)
+  return all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out))
 
-  psum when the code is linear (one all-reduce of the payload, 2 (n-1)/n B per device). Else
-  two_stage, whose traffic 2 (n-1)/n B does not grow with n, as soon as it sends at least 2x
-  fewer bytes than all_gather's (n - 1) B, i.e. n >= 4 (and the vector has at least 8n
-  elements, so chunking pads little); otherwise all_gather, which also has no server
-  re-compression error.
+
+def choose_method(compressor: _base.Compressor, d: int, n: int, dtype: Any = jnp.float32) -> str:
+  """The method ``method="auto"`` runs for a d-element message of ``dtype`` on n workers.
+
+  Always the exact mean of the workers' decoded messages (the algorithm as published):
+  ``"psum"`` when the code is linear and its payload is float32 (one all-reduce of the
+  payload, 2 (n - 1) / n B per device, and the same float32 sum), otherwise
+  ``"all_gather"`` ((n - 1) B per device). ``"two_stage"``, whose traffic does not grow
+  with n, computes a different algorithm (server re-compression) and is never chosen
+  automatically: pass it explicitly. ``n`` is accepted for cost models that depend on it.
   """
-  if is_linear(compressor):
+  del n
+  if is_linear(compressor) and _float32_payload(compressor, int(d), jnp.dtype(dtype)):
     return "psum"
-  if n >= 4 and d >= 64 * n:
-    return "two_stage"
   return "all_gather"
+
+
+def resolve_method(compressor, method: str, d: int, n: int, dtype) -> str:
+  return choose_method(compressor, d, n, dtype) if method == "auto" else method
+
+
+def _server_feedback(fn: str, chunk_compressor: _base.Compressor, chunk: int) -> bool:
+  """Whether two_stage's server re-compresses with error feedback (else refuses)."""
+  if chunk_compressor.unbiased:
+    return False
+  if math.isfinite(chunk_compressor.delta(chunk)):
+    return True
+  is_sign = isinstance(chunk_compressor, _quantization.Sign)
+  hint = " use method='majority_vote' or" if is_sign else ""
+  raise ValueError(
+    f"{fn}: method='two_stage' re-compresses the workers' mean on the server, with error "
+    f"feedback for a biased compressor, which needs it to be contractive; "
+    f"{chunk_compressor.name} is biased and in no class B3 (delta = inf at {chunk} elements):"
+    f"{hint} use method='all_gather' (the exact mean), or bc.contractive(...) of it"
+  )
+
+
+def traffic_bits(
+  compressor: _base.Compressor, method: str, d: int, n: int, dtype: Any = jnp.float32
+) -> tuple[int, int]:
+  """(uplink, downlink) bits one worker sends for a d-element message of ``dtype``.
+
+  uplink: its payload (all_gather, psum), or its n chunk payloads (two_stage,
+  majority_vote); downlink: the payload it sends as the server of its chunk (two_stage,
+  majority_vote; all_gathered to the others), 0 for the other methods. ``method="auto"``
+  is resolved as in `choose_method`.
+  """
+  dtype = jnp.dtype(dtype)
+  method = resolve_method(compressor, method, d, n, dtype)
+  if method in ("all_gather", "psum"):
+    return compressor.payload_bits(d, dtype), 0
+  chunk, _ = chunking(d, n)
+  per_chunk = compressor.for_chunks(d, n).payload_bits(chunk, dtype)
+  return n * per_chunk, per_chunk
 
 
 def _axis_size(axis_name) -> int:
@@ -200,44 +272,48 @@ def _psum(compressor, v, dtype, key, axis_name, w, total):
   return _normalise(mean, total), local
 
 
-def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vote):
+def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vote, fn):
   n = _axis_size(axis_name)
   d = v.shape[0]
   chunk, padded = chunking(d, n)
+  cc = compressor.for_chunks(d, n)
+  feedback = False if vote else _server_feedback(fn, cc, chunk)
   chunks = jnp.pad(v, (0, padded - d)).reshape(n, chunk).astype(dtype)
   keys = None if key is None else jax.random.split(key, n)
   # lax.map rather than vmap: a sequential loop over the chunks, which keeps data-dependent
   # control flow inside an encoder (the radix Top-k's repair loop) unbatched; batching it
   # inside shard_map trips JAX 0.10's varying-axes check.
   if keys is None:
-    payloads = jax.lax.map(lambda c: compressor.encode(c), chunks)
+    payloads = jax.lax.map(lambda c: cc.encode(c), chunks)
   else:
-    payloads = jax.lax.map(lambda ck: compressor.encode(ck[0], key=ck[1]), (chunks, keys))
-  local = _decode_each(compressor, payloads, chunk, dtype, keys).reshape(-1)[:d]
+    payloads = jax.lax.map(lambda ck: cc.encode(ck[0], key=ck[1]), (chunks, keys))
+  local = _decode_each(cc, payloads, chunk, dtype, keys).reshape(-1)[:d]
   received = jax.tree.map(lambda x: jax.lax.all_to_all(x, axis_name, 0, 0), payloads)
-  # check_method rules out shared randomness here: no decode needs a key
-  summed = _sum_decoded(compressor, received, chunk, dtype, None, w, axis_name)
+  summed = _sum_decoded(cc, received, chunk, dtype, None, w, axis_name)
   chunk_mean = _normalise(summed, total)
   anyone = _participated(total)
   index = jax.lax.axis_index(axis_name)
-  if vote:
-    server_payload = compressor.encode(chunk_mean.astype(dtype))
-    new_error = server_error
-  else:
+  server_key = None
+  if key is not None:
+    server_key = jax.random.fold_in(jax.random.fold_in(key, _SERVER_SALT), index)
+  new_error = server_error
+  if feedback:
     own = jax.lax.dynamic_slice(jnp.pad(server_error, (0, padded - d)), (index * chunk,), (chunk,))
     value = chunk_mean + own
-    server_key = None
-    if key is not None:
-      server_key = jax.random.fold_in(jax.random.fold_in(key, _SERVER_SALT), index)
-    server_payload = compressor.encode(value.astype(dtype), key=server_key)
-    sent = compressor.decode(server_payload, (chunk,), dtype, key=server_key)
+    server_payload = cc.encode(value.astype(dtype), key=server_key)
+    sent = cc.decode(server_payload, (chunk,), dtype, key=server_key)
     new_own = value - sent if anyone is None else jnp.where(anyone, value - sent, own)
     # Only this worker's chunk of the full-size error changes (the layout is independent of n).
     new_error = jax.lax.dynamic_update_slice(
       jnp.pad(server_error, (0, padded - d)), new_own.astype(jnp.float32), (index * chunk,)
     )[:d]
+  else:
+    # majority vote (the sign of the sum), or an unbiased operator: no server error, so
+    # E S(mean) = mean and the result stays unbiased
+    server_payload = cc.encode(chunk_mean.astype(dtype), key=server_key)
   gathered = jax.lax.all_gather(server_payload, axis_name)
-  mean = _decode_each(compressor, gathered, chunk, dtype).reshape(-1)[:d]
+  # check_method rules out shared randomness: decoding needs no key
+  mean = _decode_each(cc, gathered, chunk, dtype).reshape(-1)[:d]
   if anyone is not None:
     mean = jnp.where(anyone, mean, 0.0)
   return mean, local, new_error
@@ -254,6 +330,7 @@ def exchange(
   mask=None,
   probability=None,
   server_errors: Sequence[jax.Array] | None = None,
+  fn: str = "compressed_mean",
 ):
   """The mean over ``axis_name`` of the compressed 1-D float32 ``vectors`` (one per group).
 
@@ -268,7 +345,7 @@ def exchange(
     gkey = None if key is None else jax.random.fold_in(key, g)
     if not compressor.needs_key:
       gkey = None
-    m = method if method != "auto" else choose_method(compressor, v.shape[0], n)
+    m = resolve_method(compressor, method, v.shape[0], n, dtype)
     if m == "all_gather":
       mean, local = _all_gather(compressor, v, dtype, gkey, axis_name, w, total)
       err = None if server_errors is None else server_errors[g]
@@ -278,7 +355,7 @@ def exchange(
     else:
       err = jnp.zeros_like(v) if server_errors is None else server_errors[g]
       mean, local, err = _two_stage(
-        compressor, v, dtype, gkey, axis_name, w, total, err, m == "majority_vote"
+        compressor, v, dtype, gkey, axis_name, w, total, err, m == "majority_vote", fn
       )
     means.append(mean)
     locals_.append(local)
@@ -308,8 +385,10 @@ def compressed_mean(
     axis_name: the bound axis to reduce over (shard_map, vmap with axis_name, pmap).
     key: a PRNG key, the same on every worker (each folds in its axis index, except for
       shared-randomness compressors); required by random compressors.
-    method: ``"auto"``, ``"all_gather"``, ``"two_stage"``, ``"psum"`` or
-      ``"majority_vote"`` (see the module docstring).
+    method: ``"auto"`` (default: the exact mean of the decoded messages, by psum for
+      linear float32 codes and all_gather otherwise), ``"all_gather"``, ``"psum"``, or the
+      different algorithms ``"two_stage"`` (server re-compression) and ``"majority_vote"``
+      (see the module docstring).
     mask: whether this worker participates (default: all do).
     probability: this worker's participation probability p_i; given, the mean is the
       unbiased (1/n) sum_{i in S} C_i / p_i instead of the mean over S.

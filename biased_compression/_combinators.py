@@ -84,6 +84,11 @@ class Compose(_base.Compressor):
     values = self.outer._decode(payload["values"], self.inner.num_values(d), dtype, k_out)
     return self.inner._place(values, self.inner._indices_from(payload, d, k_in), d, dtype)
 
+  def for_chunks(self, d, n):
+    if self._sparse:  # the outer operator sees the kept values, whatever their number
+      return Compose(self.outer, self.inner.for_chunks(d, n))
+    return Compose(self.outer.for_chunks(d, n), self.inner.for_chunks(d, n))
+
   def bits(self, d):
     if not self._sparse:
       return self.outer.bits(d)
@@ -140,6 +145,9 @@ class Induced(_base.Compressor):
   def bits(self, d):
     return self.biased.bits(d) + self.unbiased_part.bits(d)
 
+  def for_chunks(self, d, n):
+    return Induced(self.biased.for_chunks(d, n), self.unbiased_part.for_chunks(d, n))
+
   def omega(self, d):
     # E||C2(r) - r||^2 <= w ||r||^2 and ||r||^2 <= (1 - 1/delta) ||x||^2 in expectation.
     return self.unbiased_part.omega(d) * (1.0 - 1.0 / self.biased.delta(d))
@@ -170,6 +178,9 @@ class _Rescaled(_base.Compressor):
 
   def bits(self, d):
     return self.compressor.bits(d)
+
+  def for_chunks(self, d, n):
+    return dataclasses.replace(self, compressor=self.compressor.for_chunks(d, n))
 
   def b2(self, d):
     inner = _base.b2_constants(self.compressor, d)

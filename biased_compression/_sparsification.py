@@ -87,6 +87,26 @@ class Sparsifier(_base.Compressor):
   def _density(self, d: int) -> float:
     return self.num_values(d) / d
 
+  def _with_k(self, k: int) -> Sparsifier:
+    """This sparsifier with a fixed k (for `for_chunks`); None where k is not a parameter."""
+    return None
+
+  def for_chunks(self, d: int, n: int) -> Sparsifier:
+    if n == 1:
+      return self
+    k = self.num_values(d)
+    chunked = self._with_k(k // n) if k % n == 0 else None
+    if chunked is not None:
+      return chunked
+    fix = "Use method='all_gather' (the exact algorithm)"
+    if self._with_k(1) is not None:
+      fix += f", or a k that n divides, e.g. k={max(n, n * round(k / n))}"
+    raise ValueError(
+      f"{self.name} keeps k = {k} of the d = {d} values of a message, which two_stage "
+      f"splits into n = {n} chunks: every chunk must keep k / n values so that the message "
+      f"still keeps k in total, so k must be a multiple of n. {fix}"
+    )
+
 
 def _kwargs_repr(fn: str, **kwargs) -> str:
   args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -112,6 +132,9 @@ class TopK(Sparsifier):
 
   def num_values(self, d):
     return _base.resolve_k(self.ratio, self.k, d)
+
+  def _with_k(self, k):
+    return dataclasses.replace(self, ratio=None, k=k)
 
   def _select(self, x, key):
     d = x.shape[0]
@@ -225,6 +248,9 @@ class RandK(Sparsifier):
 
   def num_values(self, d):
     return _base.resolve_k(self.ratio, self.k, d)
+
+  def _with_k(self, k):
+    return dataclasses.replace(self, ratio=None, k=k)
 
   def _subset(self, key, d):
     k = self.num_values(d)

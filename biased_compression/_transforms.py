@@ -50,12 +50,16 @@ class BitCount(NamedTuple):
   """Bits one worker sent: the last step and the running total.
 
   Each field is an int32 array of shape ``(2,)`` (``(n, 2)`` for the state of n simulated
-  workers) holding (high, low) words of the exact count ``high * 2**30 + low``. Use
-  `bits_sent` to read it.
+  workers) holding (high, low) words of the exact count ``high * 2**30 + low``. ``step`` and
+  ``total`` count the worker's messages (its uplink); ``server_step`` and ``server_total``,
+  present only with ``method="two_stage"`` or ``"majority_vote"`` (else empty), count what
+  it sent as the server of its chunk (the downlink). Use `bits_sent` to read them.
   """
 
   step: jax.Array
   total: jax.Array
+  server_step: Any = ()
+  server_total: Any = ()
 
 
 def _words(n: int) -> np.ndarray:
@@ -64,17 +68,31 @@ def _words(n: int) -> np.ndarray:
   return np.array([n >> _WORD, n & (_BASE - 1)], np.int32)
 
 
-def bits_init() -> BitCount:
+def bits_init(server: bool = False) -> BitCount:
   zero = jnp.zeros((2,), jnp.int32)
+  if server:
+    return BitCount(step=zero, total=zero, server_step=zero, server_total=zero)
   return BitCount(step=zero, total=zero)
 
 
-def bits_add(bits: BitCount, step: jax.Array) -> BitCount:
-  """Adds one step's count (int32 words, low word < 2^30) to the running total."""
-  low = bits.total[..., 1] + step[..., 1]
+def _words_add(total: jax.Array, step: jax.Array) -> jax.Array:
+  """total + step for int32 (high, low) words with low words < 2^30."""
+  low = total[..., 1] + step[..., 1]
   carry = (low >= _BASE).astype(jnp.int32)
-  high = bits.total[..., 0] + step[..., 0] + carry
-  return BitCount(step=step, total=jnp.stack([high, low - carry * _BASE], axis=-1))
+  high = total[..., 0] + step[..., 0] + carry
+  return jnp.stack([high, low - carry * _BASE], axis=-1)
+
+
+def bits_add(bits: BitCount, step: jax.Array, server_step: jax.Array | None = None) -> BitCount:
+  """Adds one step's counts (int32 words) to the running totals."""
+  if server_step is None:
+    return bits._replace(step=step, total=_words_add(bits.total, step))
+  return BitCount(
+    step=step,
+    total=_words_add(bits.total, step),
+    server_step=server_step,
+    server_total=_words_add(bits.server_total, server_step),
+  )
 
 
 def _value(x):
@@ -89,21 +107,29 @@ def _value(x):
   return np.asarray(x)
 
 
-def bits_sent(state: Any, *, last_step: bool = False) -> int | np.ndarray:
+def bits_sent(state: Any, *, last_step: bool = False, server: bool = False) -> int | np.ndarray:
   """Exact number of bits sent, read from any optimizer state that holds our transformations.
 
   Sums every `BitCount` found in ``state`` (an ``optax.chain`` of several of our
   transformations counts each). Call it outside ``jit``. For state sharded over several
   processes it gathers the counters, so every process must call it.
 
-  It counts each worker's messages: the encoded payload of every step it took part in.
-  The collectives move more than that: all_gather sends it to n - 1 peers, two_stage sends
-  about 2 (n - 1) / n of it plus the server's re-compressed chunk; `wire_bytes` reads those
-  from the compiled program.
+  By default it counts each worker's messages (its uplink), in every step it took part in:
+  for each compressed vector, the encoded payload (``method="all_gather"``, ``"psum"``) or
+  its n chunk payloads (``"two_stage"``, ``"majority_vote"``); for each leaf sent dense
+  (``min_size``, warm-up steps), its values as they travel: float32 in the all-reduce of
+  distributed workers, the leaf dtype on one worker. These are the operand sizes of the
+  collectives of the compiled program (`wire_bytes` reads them; how often a ring collective
+  forwards them is the transport's cost, not counted here). ``server=True`` counts instead
+  what the worker sent as the server of its chunk under two_stage and majority_vote (its
+  re-compressed chunk, all_gathered to the others; zero for the other methods). Neither
+  counts the uncompressed fast-axis all-reduce of ``dense_axis_name``, nor the one float32
+  participation weight per worker that ``participating`` / ``probability`` add.
 
   Args:
     state: an optimizer state (any pytree containing `BitCount` nodes).
     last_step: return the bits of the last step instead of the running total.
+    server: count the server's downlink instead of the worker's uplink.
 
   Returns:
     A Python int, or an int64 array with one entry per worker when the state has a leading
@@ -127,7 +153,13 @@ def bits_sent(state: Any, *, last_step: bool = False) -> int | np.ndarray:
     raise ValueError("bits_sent: state holds no biased_compression transformation state")
   total = 0
   for node in counts:
-    words = _value(node.step if last_step else node.total).astype(np.int64)
+    if server:
+      field = node.server_step if last_step else node.server_total
+    else:
+      field = node.step if last_step else node.total
+    if isinstance(field, tuple):  # no server in this transformation's method
+      continue
+    words = _value(field).astype(np.int64)
     total = total + (words[..., 0] << _WORD) + words[..., 1]
   return int(total) if np.ndim(total) == 0 else total
 
@@ -327,6 +359,41 @@ def check_common(fn, compressor, seed, axis_name, scope, start_step, min_size, m
     )
 
 
+def check_dtypes(fn: str, updates, leaves) -> None:
+  """The updates' dtypes are float32, bfloat16 or float16; the error names the leaf's path."""
+  bad = [i for i, x in enumerate(leaves) if jnp.dtype(x.dtype) not in _base.SUPPORTED_DTYPES]
+  if not bad:
+    return
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(updates)[0]]
+  i = bad[0]
+  dtype = jnp.dtype(leaves[i].dtype)
+  hint = ""
+  if dtype == jnp.float64:
+    hint = " (jax_enable_x64 is on: cast the updates to float32 first)"
+  raise TypeError(
+    f"{fn}: updates must have dtypes float32, bfloat16 or float16; the leaf at "
+    f"{paths[i] or 'the root'} has {dtype} with shape {tuple(leaves[i].shape)}{hint}"
+  )
+
+
+def check_worker_state(fn: str, state, axis_name) -> None:
+  """Refuses the state of several workers (from `init_workers`) in a single worker's update."""
+  key_shape = jnp.shape(state.rng_key)
+  if len(key_shape) <= 1:
+    return
+  where = (
+    "a plain tx.update"
+    if axis_name is None
+    else f"an update that is not vmapped over the workers of axis {axis_name!r}"
+  )
+  raise ValueError(
+    f"{fn}: the state holds {key_shape[0]} workers (a leading worker axis, from "
+    f"bc.init_workers) but was given to {where}. Simulate the workers with "
+    f"jax.vmap(tx.update, in_axes=(0, 0, None), axis_name=...) or, on devices, use "
+    "bc.device_update(tx, axis_name) inside jax.shard_map; on one worker use tx.init(params)"
+  )
+
+
 def _at_least_one(start_step):
   if is_concrete(start_step):
     return max(int(np.asarray(start_step)), 1)
@@ -368,8 +435,10 @@ class Plan:
     groups: tuples of leaf indices, each compressed as one vector.
     dense: indices of the leaves sent uncompressed (smaller than ``min_size``).
     sizes, shapes, dtypes: per leaf.
-    bits_compressed: bits per worker of a compressed step.
-    bits_dense: bits per worker of a dense step (every leaf in its own dtype).
+    bits_compressed: bits per worker of a compressed step (its uplink, see `bits_sent`).
+    bits_dense: bits per worker of a dense (warm-up) step.
+    bits_server: bits each worker sends as the server of its chunk in a compressed step
+      (two_stage, majority_vote), or None for the methods without a server.
   """
 
   groups: tuple[tuple[int, ...], ...]
@@ -378,6 +447,7 @@ class Plan:
   dtypes: tuple[Any, ...]
   bits_compressed: int
   bits_dense: int
+  bits_server: int | None = None
 
   def group_dtype(self, group: Sequence[int]):
     return jnp.result_type(*[self.dtypes[i] for i in group])
@@ -386,12 +456,14 @@ class Plan:
     return sum(math.prod(self.shapes[i]) for i in group)
 
 
-def _dense_bits(shape, dtype) -> int:
-  return 8 * jnp.dtype(dtype).itemsize * math.prod(shape)
+def _dense_bits(shape, dtype, workers) -> int:
+  # Distributed dense leaves are averaged by one float32 all-reduce (see Step._dense_mean).
+  itemsize = 4 if workers is not None else jnp.dtype(dtype).itemsize
+  return 8 * itemsize * math.prod(shape)
 
 
 @functools.lru_cache(maxsize=256)
-def _make_plan(compressor, scope, min_size, shapes, dtypes) -> Plan:
+def _make_plan(compressor, scope, min_size, shapes, dtypes, method, workers) -> Plan:
   sizes = [math.prod(s) for s in shapes]
   compressed = [i for i, n in enumerate(sizes) if n >= max(min_size, 1)]
   dense = tuple(i for i in range(len(sizes)) if i not in compressed)
@@ -400,23 +472,35 @@ def _make_plan(compressor, scope, min_size, shapes, dtypes) -> Plan:
   else:
     groups = (tuple(compressed),) if compressed else ()
   plan = Plan(groups, dense, shapes, dtypes, 0, 0)
-  bits_c = sum(
-    compressor.payload_bits(plan.group_size(g), plan.group_dtype(g)) for g in groups
-  ) + sum(_dense_bits(shapes[i], dtypes[i]) for i in dense)
-  bits_d = sum(_dense_bits(s, t) for s, t in zip(shapes, dtypes, strict=True))
-  return dataclasses.replace(plan, bits_compressed=bits_c, bits_dense=bits_d)
+  uplink = downlink = 0
+  for g in groups:
+    size, dtype = plan.group_size(g), plan.group_dtype(g)
+    if workers is None:
+      up, down = compressor.payload_bits(size, dtype), 0
+    else:
+      up, down = _collectives.traffic_bits(compressor, method, size, workers, dtype)
+    uplink, downlink = uplink + up, downlink + down
+  dense_bits = sum(_dense_bits(shapes[i], dtypes[i], workers) for i in dense)
+  bits_d = sum(_dense_bits(s, t, workers) for s, t in zip(shapes, dtypes, strict=True))
+  server = workers is not None and method in _SERVER_METHODS
+  return dataclasses.replace(
+    plan,
+    bits_compressed=uplink + dense_bits,
+    bits_dense=bits_d,
+    bits_server=downlink if server else None,
+  )
 
 
-def make_plan(compressor, scope: str, min_size: int, leaves: Sequence[jax.Array]) -> Plan:
+_SERVER_METHODS = ("two_stage", "majority_vote")
+
+
+def make_plan(
+  compressor, scope: str, min_size: int, leaves: Sequence[jax.Array], method="auto", workers=None
+) -> Plan:
+  """The plan for these update leaves; ``workers``: the axis size n, None on one worker."""
   shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
   dtypes = tuple(jnp.dtype(jnp.result_type(x)) for x in leaves)
-  for i, t in enumerate(dtypes):
-    if t not in _base.SUPPORTED_DTYPES:
-      raise TypeError(
-        f"updates must have dtypes float32, bfloat16 or float16; leaf {i} has {t} "
-        f"with shape {shapes[i]}"
-      )
-  return _make_plan(compressor, scope, int(min_size), shapes, dtypes)
+  return _make_plan(compressor, scope, int(min_size), shapes, dtypes, method, workers)
 
 
 # -- one step of communication ---------------------------------------------------------------
@@ -443,7 +527,9 @@ class Step:
     participating=None,
     probability=None,
     server_error: list[jax.Array] | None = None,
+    fn: str = "transformation",
   ):
+    self.fn = fn
     self.compressor = compressor
     self.plan = plan
     self.count = count
@@ -526,6 +612,7 @@ class Step:
       mask=self.participating,
       probability=self.probability,
       server_errors=errors,
+      fn=self.fn,
     )
     mean = self._dense_mean(local, plan.dense)
     mean = self._scatter(mean, plan.groups, means)
@@ -551,12 +638,19 @@ class Step:
     return local, mean
 
   def bits(self, bits: BitCount) -> BitCount:
-    step = jnp.asarray(_words(self.plan.bits_compressed))
-    if self.compressing is not None:
-      step = jnp.where(self.compressing, step, jnp.asarray(_words(self.plan.bits_dense)))
-    if self.participating is not None:
-      step = jnp.where(self.participating, step, jnp.zeros_like(step))
-    return bits_add(bits, step)
+    def count(compressed: int, dense: int):
+      step = jnp.asarray(_words(compressed))
+      if self.compressing is not None:
+        step = jnp.where(self.compressing, step, jnp.asarray(_words(dense)))
+      if self.participating is not None:
+        step = jnp.where(self.participating, step, jnp.zeros_like(step))
+      return step
+
+    server = None
+    if self.plan.bits_server is not None:
+      # a dense warm-up step is one all-reduce: no server sends anything
+      server = count(self.plan.bits_server, 0)
+    return bits_add(bits, count(self.plan.bits_compressed, self.plan.bits_dense), server)
 
   def where_compressing(self, compressed, dense):
     """Selects a value by the step's branch (``compressed`` when there is no warm-up)."""
@@ -639,7 +733,8 @@ def transformation(
   )
   if dense_first_step:
     start_step = _at_least_one(start_step)
-  needs_server_error = axis_name is not None and method in ("auto", "two_stage")
+  needs_server_error = axis_name is not None and method == "two_stage"
+  has_server = axis_name is not None and method in _SERVER_METHODS
 
   def init_fn(params):
     zeros = f32_zeros(params)
@@ -648,7 +743,7 @@ def transformation(
       rng_key=new_key(seed),
       **{name: zeros for name in fields},
       server_error=zeros if needs_server_error else (),
-      bits=bits_init(),
+      bits=bits_init(server=has_server),
     )
 
   def update_fn(updates, state, params=None, *, participating=None, probability=None, **extra):
@@ -658,12 +753,15 @@ def transformation(
         check_bound(fn, name)
     if axis_name is None and (participating is not None or probability is not None):
       raise ValueError(f"{fn}: participating / probability need an axis_name (the workers)")
+    check_worker_state(fn, state, axis_name)
     leaves, treedef = flatten(updates)
+    check_dtypes(fn, updates, leaves)
     if dense_axis_name is not None:
       # hierarchical: the fast axis is reduced first, uncompressed, in float32
       means = jax.lax.pmean(to_f32(leaves), dense_axis_name)
       leaves = [m.astype(x.dtype) for m, x in zip(means, leaves, strict=True)]
-    plan = make_plan(compressor, scope, min_size, leaves)
+    workers = None if axis_name is None else int(jax.lax.axis_size(axis_name))
+    plan = make_plan(compressor, scope, min_size, leaves, method, workers)
     if contractive:
       for group in plan.groups:
         check_contractive(fn, compressor, plan.group_size(group))
@@ -683,6 +781,7 @@ def transformation(
       participating=participating,
       probability=probability,
       server_error=flatten(state.server_error)[0] if needs_server_error else None,
+      fn=fn,
     )
     old = {name: flatten(getattr(state, name))[0] for name in fields}
     out, new = algorithm(step, to_f32(leaves), old)

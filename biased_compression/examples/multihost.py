@@ -94,6 +94,7 @@ COMPRESSORS: dict[str, Callable[[float], bc.Compressor]] = {
   "top_k_natural_dithering": lambda ratio: bc.contractive(bc.top_k_natural_dithering(ratio)),
   "identity": lambda ratio: bc.identity(),
 }
+_SPARSIFIERS = ("top_k", "rand_k", "top_k_natural_dithering")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +127,14 @@ class Config:
     if self.steps < 1 or self.samples_per_device < 1:
       raise ValueError("steps and samples_per_device must be >= 1")
     COMPRESSORS[self.compressor](self.ratio)  # fails here, not in every worker
+    if self.method == "two_stage" and self.compressor in _SPARSIFIERS:
+      # two_stage splits each leaf into one chunk per worker and keeps k / n per chunk; a
+      # ratio of the example's small leaves (b1 has 32 entries) rarely gives such a k.
+      raise ValueError(
+        f"--method two_stage needs a compressor whose per-leaf k is a multiple of the number "
+        f"of workers; use --compressor scaled_sign or natural_dithering with it, or "
+        f"--method all_gather with {self.compressor}"
+      )
 
   def argv(self) -> list[str]:
     """The command-line flags that rebuild this configuration."""
