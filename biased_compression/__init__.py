@@ -19,6 +19,7 @@ from biased_compression._base import class_constants
 from biased_compression._collectives import MeanResult
 from biased_compression._collectives import choose_method
 from biased_compression._collectives import compressed_mean
+from biased_compression._collectives import traffic_bits
 from biased_compression._collectives import wire_bytes
 from biased_compression._combinators import compose
 from biased_compression._combinators import contractive
@@ -54,6 +55,7 @@ from biased_compression._transforms import BitCount
 from biased_compression._transforms import bits_sent
 from biased_compression._transforms import device_update
 from biased_compression._transforms import init_workers
+from biased_compression._transforms import simulated_update
 
 __version__ = "0.1.0"
 
@@ -97,9 +99,11 @@ __all__ = (
   "scaled",
   "scaled_sign",
   "sign",
+  "simulated_update",
   "standard_compressors",
   "standard_dithering",
   "top_k",
   "top_k_natural_dithering",
+  "traffic_bits",
   "wire_bytes",
 )

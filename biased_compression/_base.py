@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -62,10 +63,16 @@ class Compressor(abc.ABC):
   Attributes:
     unbiased: whether E C(x) = x for every x.
     needs_key: whether the operator is random (``compress`` and ``encode`` then require a key).
+    linear: whether decoding the element-wise sum of payloads gives the sum of the decoded
+      messages (so an all-reduce can sum payloads: ``method="psum"``).
+    shared_randomness: whether the receiver regenerates the randomness from the key instead
+      of receiving it (so every worker must use the same key, and decoding needs it).
   """
 
   unbiased: bool = False
   needs_key: bool = False
+  linear: bool = False
+  shared_randomness: bool = False
 
   # -- the wire format -------------------------------------------------------------------
 
@@ -113,6 +120,7 @@ class Compressor(abc.ABC):
     if dtype not in SUPPORTED_DTYPES:
       raise TypeError(f"{self.name}.decode: dtype must be one of {_dtype_names()}, got {dtype}")
     d = math.prod(shape)
+    _check_payload(self, payload, d, dtype)
     return self._decode(payload, d, dtype, key).reshape(shape)
 
   def compress(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
@@ -193,7 +201,49 @@ class Compressor(abc.ABC):
       raise ValueError(
         f"{self.name} is a random operator and needs a key, e.g. key=jax.random.key(0)"
       )
+    if key is not None and not _is_key(key):
+      raise TypeError(
+        f"{self.name}: key must be a JAX PRNG key such as jax.random.key(0) (or the uint32 "
+        f"array of jax.random.PRNGKey(0)), got {key!r}; an int seed is not a key"
+      )
     return key if self.needs_key else None
+
+
+def _is_key(key) -> bool:
+  """A typed PRNG key, or a raw uint32 key array (shape (..., 2) for threefry)."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is None:
+    return False
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return True
+  return jnp.dtype(dtype) == jnp.uint32 and jnp.ndim(key) >= 1
+
+
+@functools.lru_cache(maxsize=1024)
+def _payload_shapes(compressor: Compressor, d: int, dtype) -> tuple:
+  spec = jax.ShapeDtypeStruct((d,), dtype)
+  key = jax.random.key(0) if compressor.needs_key else None
+  out = jax.eval_shape(lambda x: compressor.encode(x, key=key), spec)
+  leaves, treedef = jax.tree.flatten(out)
+  return treedef, tuple(leaf.shape for leaf in leaves)
+
+
+def _check_payload(compressor: Compressor, payload, d: int, dtype) -> None:
+  """decode(payload, shape) must get the payload of a d-element input: else a clear error.
+
+  The wire format does not carry d, so a payload whose shapes are the same for two sizes (a
+  fixed k, or bit planes of the same byte count) cannot be told apart; every other mismatch
+  is caught here, at trace time.
+  """
+  treedef, shapes = _payload_shapes(compressor, d, dtype)
+  leaves, got_def = jax.tree.flatten(payload)
+  got = tuple(jnp.shape(leaf) for leaf in leaves)
+  if got_def != treedef or got != shapes:
+    raise ValueError(
+      f"{compressor.name}.decode: the payload does not come from a {d}-element input (the "
+      f"shape given to decode): expected payload shapes {shapes}, got {got}; pass the shape "
+      "of the array that was encoded"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -267,8 +317,11 @@ def check_input(x: Any, compressor: Compressor) -> jax.Array:
   """Checks that x is an array of a supported floating dtype."""
   dtype = jnp.result_type(x)
   if dtype not in SUPPORTED_DTYPES:
+    hint = ""
+    if dtype == jnp.float64:
+      hint = " (jax_enable_x64 is on: cast x to float32 first)"
     raise TypeError(
-      f"{compressor.name}: x must have a floating dtype ({_dtype_names()}), got {dtype}"
+      f"{compressor.name}: x must have dtype {_dtype_names()}, got {dtype}{hint}"
     )
   return jnp.asarray(x)
 
@@ -291,7 +344,12 @@ def check_ratio_k(fn: str, ratio: float | None, k: int | None) -> None:
   if (ratio is None) == (k is None):
     raise ValueError(f"{fn}: give exactly one of ratio and k, got ratio={ratio!r}, k={k!r}")
   if ratio is not None:
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+    if isinstance(ratio, (int, np.integer)) and not isinstance(ratio, bool):
+      raise TypeError(
+        f"{fn}: ratio must be a float in (0, 1], got the int {ratio!r}: for the {ratio} "
+        f"largest entries pass k={ratio}, to keep everything pass ratio=1.0"
+      )
+    if isinstance(ratio, bool) or not isinstance(ratio, (float, np.floating)):
       raise TypeError(f"{fn}: ratio must be a float in (0, 1], got {ratio!r}")
     if not 0.0 < ratio <= 1.0:
       raise ValueError(f"{fn}: ratio must be in (0, 1], got {ratio!r}")

@@ -57,7 +57,6 @@ import jax.numpy as jnp
 
 from biased_compression import _base
 from biased_compression import _quantization
-from biased_compression import _sparsification
 
 __all__ = [
   "METHODS",
@@ -88,13 +87,11 @@ class MeanResult(NamedTuple):
 
 def is_linear(compressor: _base.Compressor) -> bool:
   """Whether decode(sum of payloads) = sum of decodes, so an all-reduce can sum payloads."""
-  if isinstance(compressor, (_quantization.Identity, _quantization.Cast)):
-    return True
-  return isinstance(compressor, _sparsification.RandK) and compressor.shared_indices
+  return bool(compressor.linear)
 
 
 def shares_randomness(compressor: _base.Compressor) -> bool:
-  return bool(getattr(compressor, "shared_indices", False))
+  return bool(compressor.shared_randomness)
 
 
 def check_method(fn: str, method: str, compressor: _base.Compressor) -> None:

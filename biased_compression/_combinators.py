@@ -61,6 +61,10 @@ class Compose(_base.Compressor):
     return self.outer.needs_key or self.inner.needs_key
 
   @property
+  def shared_randomness(self):
+    return self.outer.shared_randomness or self.inner.shared_randomness
+
+  @property
   def _sparse(self) -> bool:
     return isinstance(self.inner, _sparsification.Sparsifier)
 
@@ -127,6 +131,10 @@ class Induced(_base.Compressor):
   def needs_key(self):
     return self.biased.needs_key or self.unbiased_part.needs_key
 
+  @property
+  def shared_randomness(self):
+    return self.biased.shared_randomness or self.unbiased_part.shared_randomness
+
   def _encode(self, x, key):
     k1, k2 = _split(key, self.biased, self.unbiased_part)
     p1 = self.biased._encode(x, k1)
@@ -164,6 +172,14 @@ class _Rescaled(_base.Compressor):
   @property
   def needs_key(self):
     return self.compressor.needs_key
+
+  @property
+  def linear(self):  # a constant factor keeps decode(sum) = sum of decodes
+    return self.compressor.linear
+
+  @property
+  def shared_randomness(self):
+    return self.compressor.shared_randomness
 
   def _encode(self, x, key):
     return self.compressor._encode(x, key)

@@ -39,6 +39,7 @@ class DianaState(NamedTuple):
   bits: _transforms.BitCount
 
 
+@_transforms.document_methods("C(u_i)")
 def compress(
   compressor: _base.Compressor,
   *,
@@ -60,9 +61,12 @@ def compress(
   ``bc.sign()`` it is DSignSGD (the mean of the workers' signs). Without error feedback a
   biased compressor can make distributed GD diverge (see `error_feedback`).
 
+  DISTRIBUTED_METHODS
+
   Args:
     compressor: the compressor C.
-    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
+      `error_feedback`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a `CompressState`.
@@ -104,6 +108,7 @@ def compress(
   )
 
 
+@_transforms.document_methods("m_i")
 def diana(
   compressor: _base.Compressor,
   *,
@@ -131,12 +136,15 @@ def diana(
   variance-dominated neighbourhood. Dense steps (``start_step``, ``min_size`` leaves) use the
   identity compressor and alpha = 1.
 
+  DISTRIBUTED_METHODS
+
   Args:
     compressor: an unbiased compressor, e.g. ``bc.rand_k(0.1)`` or
       ``bc.induced(bc.top_k(0.01), bc.rand_k(0.01))``.
     alpha: the shift step in (0, 1]; by default 1 / (1 + omega(d)) for each compressed
       vector of d elements (the largest step the analysis allows).
-    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
+      `error_feedback`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a `DianaState`. Chain it before the

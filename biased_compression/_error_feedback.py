@@ -105,6 +105,7 @@ def _sub(a, b):
   return [x - y for x, y in zip(a, b, strict=True)]
 
 
+@_transforms.document_methods("Delta_i")
 def error_feedback(
   compressor: _base.Compressor,
   *,
@@ -141,6 +142,8 @@ def error_feedback(
   unless wrapped as ``bc.contractive(C)``. A NaN in an update poisons the error for good;
   wrap the chain in ``optax.apply_if_finite`` to skip such steps (the error is then kept).
 
+  DISTRIBUTED_METHODS
+
   Args:
     compressor: the compressor C, e.g. ``bc.top_k(0.01)``.
     seed: seed of the operator's randomness.
@@ -148,6 +151,9 @@ def error_feedback(
     scope: ``"leaf"`` or ``"global"`` (see the module docstring).
     start_step: dense steps before compression starts.
     min_size: leaves smaller than this are sent dense.
+    method: how the mean over ``axis_name`` is taken (above); the default is the exact mean
+      of the decoded messages.
+    dense_axis_name: a fast mesh axis averaged uncompressed before ``axis_name`` (above).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `ErrorFeedbackState`.
@@ -198,6 +204,7 @@ def _ef21_step(step, v, estimate, mean_estimate):
   return _add(estimate, c), _add(mean_estimate, mean_c)
 
 
+@_transforms.document_methods("c_i")
 def ef21(
   compressor: _base.Compressor,
   *,
@@ -228,10 +235,13 @@ def ef21(
   * ``"dense"``: g_i = the first update, sent uncompressed (one dense step; the same as
     ``start_step=1``).
 
+  DISTRIBUTED_METHODS
+
   Args:
     compressor: a contractive compressor C (B3).
     init: ``"zero"``, ``"compressed"`` or ``"dense"``.
-    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
+      `error_feedback`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `EF21State`. Chain it before the
@@ -267,6 +277,7 @@ def ef21(
   )
 
 
+@_transforms.document_methods("c_i")
 def ef21_sgdm(
   compressor: _base.Compressor,
   momentum: float = 0.9,
@@ -291,10 +302,13 @@ def ef21_sgdm(
   v_i starts at the first update (our choice: it avoids damping the first steps by
   1 - beta; the paper's analysis allows any initial estimate). ``momentum=0`` is `ef21`.
 
+  DISTRIBUTED_METHODS
+
   Args:
     compressor: a contractive compressor C (B3).
     momentum: beta in [0, 1).
-    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
+      `error_feedback`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `EF21SGDMState`.
@@ -334,6 +348,7 @@ def ef21_sgdm(
   )
 
 
+@_transforms.document_methods("Delta_i")
 def econtrol(
   compressor: _base.Compressor,
   eta: float,
@@ -355,10 +370,15 @@ def econtrol(
 
   One compressed message Delta_i both corrects the estimate h_i and feeds the error back.
 
+  DISTRIBUTED_METHODS
+
   Args:
     compressor: a contractive compressor C (B3).
-    eta: the feedback strength in (0, 1] (the paper tunes it; small eta is more stable).
-    seed, axis_name, scope, start_step, min_size: as in `error_feedback`.
+    eta: the feedback strength in (0, 1] (the paper tunes it; small eta is more stable:
+      measured with Top-k at delta = 32 on 8 workers and a constant gradient, eta = 0.5
+      diverges and eta <= 0.05 stays bounded; eta of order 1 / delta is a safe start).
+    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
+      `error_feedback`.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `EControlState`. Chain it before the

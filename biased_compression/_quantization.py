@@ -396,6 +396,7 @@ class Identity(_base.Compressor):
   """No compression. See `identity`."""
 
   unbiased = True
+  linear = True
 
   def __repr__(self):
     return "identity()"
@@ -421,6 +422,7 @@ class Cast(_base.Compressor):
   """Round-to-nearest cast to a narrower float, saturating at its largest value."""
 
   dtype: jnp.dtype = jnp.dtype(jnp.bfloat16)
+  linear = True
 
   def __repr__(self):
     return f"cast(jnp.{jnp.dtype(self.dtype).name})"

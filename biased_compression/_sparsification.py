@@ -246,6 +246,14 @@ class RandK(Sparsifier):
   def sends_indices(self):
     return not self.shared_indices
 
+  @property
+  def linear(self):
+    return self.shared_indices
+
+  @property
+  def shared_randomness(self):
+    return self.shared_indices
+
   def num_values(self, d):
     return _base.resolve_k(self.ratio, self.k, d)
 

@@ -39,7 +39,7 @@ from biased_compression import _base
 from biased_compression import _collectives
 from biased_compression import _quantization
 
-__all__ = ["BitCount", "bits_sent", "device_update", "init_workers"]
+__all__ = ["BitCount", "bits_sent", "device_update", "init_workers", "simulated_update"]
 
 _WORD = 30  # bits per word of the exact counters
 _BASE = 1 << _WORD
@@ -124,7 +124,10 @@ def bits_sent(state: Any, *, last_step: bool = False, server: bool = False) -> i
   what the worker sent as the server of its chunk under two_stage and majority_vote (its
   re-compressed chunk, all_gathered to the others; zero for the other methods). Neither
   counts the uncompressed fast-axis all-reduce of ``dense_axis_name``, nor the one float32
-  participation weight per worker that ``participating`` / ``probability`` add.
+  participation weight per worker that ``participating`` / ``probability`` add. XLA:CPU
+  promotes a 16-bit all-reduce to float32, so there ``method="psum"`` of a bfloat16 payload
+  (``cast(jnp.bfloat16)``) moves 32 bits per value where this counts 16 (GPUs and TPUs reduce
+  bfloat16 natively).
 
   Args:
     state: an optimizer state (any pytree containing `BitCount` nodes).
@@ -211,6 +214,58 @@ def init_workers(
   if sharding is None:
     return init()
   return jax.jit(init, out_shardings=sharding)()
+
+
+def simulated_update(tx: optax.GradientTransformation, axis_name: Any):
+  """``tx.update`` of n simulated workers: ``jax.vmap`` over the state of `init_workers`.
+
+  The same as ``jax.vmap(tx.update, in_axes=(0, 0, None), axis_name=axis_name)`` (extra
+  arguments such as ``participating`` are mapped too), after checking that every leaf of the
+  state and of the updates has the same leading worker axis; a state from ``tx.init`` (one
+  worker) gets an error that says to use `init_workers`, where plain vmap would only say that
+  a scalar cannot be mapped.
+
+  Args:
+    tx: the transformation (its communicating parts use ``axis_name``).
+    axis_name: the name of the simulated worker axis.
+
+  Returns:
+    ``update(updates, state, params=None, **extra_args) -> (updates, state)``, with a leading
+    worker axis on the updates (every row holds the aggregate) and on the state.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, biased_compression as bc
+    >>> tx = bc.compress(bc.sign(), axis_name="w")
+    >>> state = bc.init_workers(tx, jnp.zeros(2), 4)
+    >>> update = bc.simulated_update(tx, "w")
+    >>> out, state = update(jnp.array([[1.0, -1], [1, 1], [-1, 1], [1, 1]]), state)
+    >>> out[0]  # the mean of the workers' signs
+    Array([0.5, 0.5], dtype=float32)
+  """
+  step = jax.vmap(
+    lambda u, s, p, extra: tx.update(u, s, p, **extra),
+    in_axes=(0, 0, None, 0),
+    axis_name=axis_name,
+  )
+
+  def update(updates, state, params=None, **extra_args):
+    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(state)}
+    if None in sizes or len(sizes) > 1:
+      raise ValueError(
+        "simulated_update: the state has no common leading worker axis (a scalar leaf, or "
+        f"leading sizes {sorted(x for x in sizes if x is not None)}): it is the state of one "
+        "worker (tx.init); create the state of n workers with bc.init_workers(tx, params, n)"
+      )
+    (n,) = sizes
+    got = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in jax.tree.leaves(updates)}
+    if got != {n}:
+      raise ValueError(
+        f"simulated_update: the state holds {n} workers, so the updates need a leading axis "
+        f"of {n} (one row per worker); got leading sizes {sorted(map(str, got))}"
+      )
+    return step(updates, state, params, extra_args)
+
+  return update
 
 
 def _varying_axes(x) -> frozenset | None:
@@ -389,7 +444,7 @@ def check_worker_state(fn: str, state, axis_name) -> None:
   raise ValueError(
     f"{fn}: the state holds {key_shape[0]} workers (a leading worker axis, from "
     f"bc.init_workers) but was given to {where}. Simulate the workers with "
-    f"jax.vmap(tx.update, in_axes=(0, 0, None), axis_name=...) or, on devices, use "
+    "bc.simulated_update(tx, axis_name) (jax.vmap over the workers) or, on devices, use "
     "bc.device_update(tx, axis_name) inside jax.shard_map; on one worker use tx.init(params)"
   )
 
@@ -691,6 +746,46 @@ def cast_like(values, like, treedef):
   return treedef.unflatten([v.astype(u.dtype) for v, u in zip(values, like, strict=True)])
 
 
+# -- the documentation every transformation shares ----------------------------------------------
+
+_METHODS_DOC = """\
+  Distributed methods (``method=``, with ``axis_name``), where mean_i is over the workers:
+
+  * ``"auto"`` (default) and ``"all_gather"``: mean_i {m} is the float32 mean of the workers'
+    decoded messages, so the update is the algorithm above exactly. ``"auto"`` takes
+    ``"psum"`` for linear codes with float32 payloads (`identity`, ``rand_k(...,
+    shared_indices=True)``), the same mean summed by one all-reduce; otherwise it is
+    ``"all_gather"`` ((n - 1) payloads per device).
+  * ``"psum"``: linear codes only; the payloads are summed by the all-reduce in the wire
+    dtype (bfloat16 for ``cast(jnp.bfloat16)``), then decoded.
+  * ``"two_stage"``: a different algorithm, the compressed all-reduce of DeepSpeed 1-bit Adam
+    and Bagua (about 2 (n - 1) / n payloads per device, independent of n). Each worker
+    compresses {m} as n chunks with ``C.for_chunks(d, n)`` (a sparsifier keeps k(d) / n
+    values per chunk, so k(d) must be a multiple of n; norm-based operators take one norm
+    per chunk), and mean_i {m} is replaced by S(mean_i {m}): the server of each chunk
+    re-compresses its chunk of the mean with the same chunk operator, with a server error
+    fed back (the state's ``server_error``) when C is biased and contractive, without one
+    when C is unbiased (so the result stays unbiased); a biased C in no class B3 (`sign`)
+    is refused.
+  * ``"majority_vote"``: `sign` only; mean_i {m} is replaced by the sign of the sum of the
+    workers' signs (signSGD with majority vote), a 1-bit downlink.
+
+  ``dense_axis_name`` (hierarchical meshes): the updates are first averaged over this fast
+  axis uncompressed, in float32; only ``axis_name``, the slow axis, is compressed. `bits_sent`
+  counts each worker's uplink (and, with ``server=True``, the two_stage server's downlink).
+"""
+
+
+def document_methods(message: str):
+  """Fills the ``DISTRIBUTED_METHODS`` line of a factory's docstring for its message."""
+
+  def wrap(fn):
+    fn.__doc__ = fn.__doc__.replace("  DISTRIBUTED_METHODS\n", _METHODS_DOC.format(m=message))
+    return fn
+
+  return wrap
+
+
 # -- the skeleton every transformation shares --------------------------------------------------
 
 # An algorithm's step: (step, updates as float32 leaves, state fields as dicts of leaf lists)
@@ -748,12 +843,12 @@ def transformation(
 
   def update_fn(updates, state, params=None, *, participating=None, probability=None, **extra):
     del params, extra
+    check_worker_state(fn, state, axis_name)
     for name in (axis_name, dense_axis_name):
       if name is not None:
         check_bound(fn, name)
     if axis_name is None and (participating is not None or probability is not None):
       raise ValueError(f"{fn}: participating / probability need an axis_name (the workers)")
-    check_worker_state(fn, state, axis_name)
     leaves, treedef = flatten(updates)
     check_dtypes(fn, updates, leaves)
     if dense_axis_name is not None:

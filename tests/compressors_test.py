@@ -305,8 +305,47 @@ def test_wrong_types_raise_type_error(make, match):
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("dtype", [jnp.int32, jnp.uint8, jnp.bool_])
 def test_non_float_input_raises(name, dtype):
-  with pytest.raises(TypeError, match="x must have a floating dtype"):
+  with pytest.raises(TypeError, match="x must have dtype float32, bfloat16, float16, got"):
     REGISTRY[name].compress(jnp.ones(8, dtype), key=KEY)
+
+
+def test_float64_under_x64_names_the_dtype():
+  with jax.enable_x64(True):
+    with pytest.raises(TypeError, match="got float64 .jax_enable_x64 is on: cast x to float32"):
+      bc.top_k(k=1).compress(jnp.ones(8, jnp.float64))
+
+
+def test_an_int_ratio_is_refused_with_advice():
+  """top_k(1) meant Top-1 but would keep everything (ratio 1): refuse it, suggest k=1."""
+  for make in (bc.top_k, bc.rand_k):
+    with pytest.raises(TypeError, match="got the int 1: .* pass k=1, .* pass ratio=1.0"):
+      make(1)
+  assert bc.top_k(1.0).num_values(10) == 10 and bc.top_k(k=1).num_values(10) == 1
+
+
+@pytest.mark.parametrize("key", [0, 3.0, "key", jnp.zeros((), jnp.int32)], ids=str)
+def test_a_seed_is_not_a_key(key):
+  with pytest.raises(TypeError, match="key must be a JAX PRNG key .* got"):
+    bc.rand_k(k=1).compress(jnp.ones(4), key=key)
+
+
+def test_raw_and_typed_keys_agree():
+  x = jnp.arange(1.0, 9.0)
+  raw = bc.rand_k(k=2).compress(x, key=jax.random.PRNGKey(3))
+  typed = bc.rand_k(k=2).compress(x, key=jax.random.wrap_key_data(jax.random.PRNGKey(3)))
+  np.testing.assert_array_equal(raw, typed)
+
+
+@pytest.mark.parametrize(
+  "name", ["top_k", "scaled_sign", "natural_dithering", "induced", "top_k_natural_dithering"]
+)
+def test_decode_refuses_a_payload_of_another_size(name):
+  c = REGISTRY[name]
+  payload = jax.jit(lambda x: c.encode(x, key=KEY))(jnp.ones(100))
+  with pytest.raises(ValueError, match="does not come from a 200-element input"):
+    c.decode(payload, (200,), jnp.float32, key=KEY)
+  # any shape of the same size is fine
+  assert c.decode(payload, (10, 10), jnp.float32, key=KEY).shape == (10, 10)
 
 
 # -- transformations ------------------------------------------------------------------------

@@ -429,3 +429,46 @@ def test_diana_matches_numpy_reference():
     h_i = h_i + alpha * m
     h = h + alpha * m.mean(0)
     np.testing.assert_allclose(np.asarray(outs[t, 0]), out, rtol=1e-5, atol=1e-6)
+
+
+# -- clear errors for the mistakes users make -------------------------------------------------
+
+
+def test_worker_state_in_a_plain_update_is_refused():
+  tx = bc.error_feedback(bc.top_k(k=1), axis_name="w")
+  params = jnp.zeros(4)
+  with pytest.raises(ValueError, match="holds 3 workers .* bc.simulated_update"):
+    tx.update(jnp.ones(4), bc.init_workers(tx, params, 3), params)
+  single = bc.compress(bc.sign())
+  with pytest.raises(ValueError, match="holds 2 workers .* a plain tx.update"):
+    single.update(jnp.ones(4), bc.init_workers(single, params, 2))
+
+
+def test_simulated_update_checks_the_worker_axis():
+  tx = bc.error_feedback(bc.top_k(k=1), axis_name="w")
+  params = jnp.zeros(4)
+  update = bc.simulated_update(tx, "w")
+  with pytest.raises(ValueError, match="state of one worker .tx.init.*bc.init_workers"):
+    update(jnp.ones((3, 4)), tx.init(params), params)
+  with pytest.raises(ValueError, match="holds 3 workers, so the updates need a leading axis of 3"):
+    update(jnp.ones((2, 4)), bc.init_workers(tx, params, 3), params)
+  # and it is the vmap of tx.update, extra arguments mapped over the workers
+  grads = jnp.eye(3, 4)
+  mask = jnp.array([True, False, True])
+  got, _ = jax.jit(update)(grads, bc.init_workers(tx, params, 3), params, participating=mask)
+  want, _ = jax.vmap(
+    lambda g, s, m: tx.update(g, s, params, participating=m), in_axes=(0, 0, 0), axis_name="w"
+  )(grads, bc.init_workers(tx, params, 3), mask)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_allclose(got[0], [0.5, 0.0, 0.5, 0.0])
+
+
+def test_dtype_error_names_the_leaf_path():
+  tx = bc.compress(bc.top_k(k=1))
+  params = {"layer": {"w": jnp.zeros(3), "b": jnp.zeros(2)}}
+  updates = {"layer": {"w": jnp.zeros(3), "b": jnp.zeros(2, jnp.int32)}}
+  with pytest.raises(TypeError, match=r"leaf at \['layer'\]\['b'\] has int32 with shape \(2,\)"):
+    tx.update(updates, tx.init(params))
+  with jax.enable_x64(True):
+    with pytest.raises(TypeError, match="float64 .*jax_enable_x64 is on: cast the updates"):
+      tx.update(jax.tree.map(lambda x: x.astype(jnp.float64), params), tx.init(params))
