@@ -42,7 +42,46 @@ __all__ = [
   "bench_topk",
   "topk_bench_tables",
   "TOPK_METHODS",
+  "progress",
+  "format_size",
 ]
+
+
+def _stderr_is_terminal() -> bool:
+  isatty = getattr(sys.stderr, "isatty", None)
+  try:
+    return bool(isatty and isatty())
+  except ValueError:  # a closed stream
+    return False
+
+
+def progress(**kwargs: Any) -> tqdm:
+  """A tqdm progress bar on stderr, silent unless stderr is a terminal.
+
+  Every bar of the command line and the benchmarks goes through here, so that redirected
+  or captured stderr (a log file, CI, ``2>&1 | tee``) never fills with carriage-return
+  frames. tqdm's own ``disable=None`` does the same test, but only on the stream it is
+  given; spelling it out keeps the rule in one place whatever tqdm's default becomes.
+
+  Args:
+    **kwargs: passed to ``tqdm`` (``iterable``, ``total``, ``desc``, ...).
+  """
+  return tqdm(file=sys.stderr, disable=not _stderr_is_terminal(), **kwargs)
+
+
+def format_size(d: int) -> str:
+  """``2^s`` for a power of two, else the plain count: the syntax ``--sizes`` accepts.
+
+  >>> format_size(1 << 20), format_size(1000)
+  ('2^20', '1000')
+  """
+  s = d.bit_length() - 1
+  return f"2^{s}" if d > 0 and d == 1 << s else str(d)
+
+
+def _vector_key(key: jax.Array, d: int) -> jax.Array:
+  # Folded with log2(d) as when sizes were given as log2: powers of two keep their vectors.
+  return jax.random.fold_in(key, d.bit_length() - 1)
 
 
 def time_call(fn: Callable[..., Any], *args: Any, repeats: int = 5) -> float:
@@ -109,7 +148,7 @@ def bench_compressors(
 ) -> list[dict[str, Any]]:
   """Times ``encode`` and ``decode`` of every compressor on a float32 Gaussian vector.
 
-  For each ``d = 2**s`` the reference ``x * 1.0001`` is timed before and after the
+  For each size d the reference ``x * 1.0001`` is timed before and after the
   compressors (the minimum of both is used), so that slow drifts of the machine do not
   bias the ratios. Encode and decode are jitted separately and timed by `time_call`;
   decode is timed on a payload encoded once beforehand. Random operators get the fixed key
@@ -117,7 +156,7 @@ def bench_compressors(
 
   Args:
     compressors: name -> compressor, e.g. ``standard_compressors()``.
-    sizes: base-2 logarithms of the vector sizes.
+    sizes: vector sizes (element counts).
     repeats: timed calls per measurement (the minimum is kept), after one warm-up call.
     seed: seed of the input vector and of the key.
     on_size_done: called as ``on_size_done(d, rows)`` when a size is finished, with that
@@ -130,15 +169,14 @@ def bench_compressors(
   results: list[dict[str, Any]] = []
   key = jax.random.key(seed)
   total = len(sizes) * len(compressors)
-  with tqdm(total=total, disable=None, file=sys.stderr, desc="bench compressors") as bar:
-    for s in sizes:
-      d = 1 << s
-      x = jax.block_until_ready(jax.random.normal(jax.random.fold_in(key, s), (d,), jnp.float32))
+  with progress(total=total, desc="bench compressors") as bar:
+    for d in sizes:
+      x = jax.block_until_ready(jax.random.normal(_vector_key(key, d), (d,), jnp.float32))
       ref_before = reference_ms(x, repeats)
       read_before = read_reference_ms(x, repeats)
       timings = []
       for name, c in compressors.items():
-        bar.set_postfix_str(f"d=2^{s} {name}", refresh=False)
+        bar.set_postfix_str(f"d={format_size(d)} {name}", refresh=False)
         encode = _encoder(c)
         decode = _decoder(c, d)
         encode_ms = time_call(encode, x, key, repeats=repeats)
@@ -178,10 +216,8 @@ def compressor_bench_tables(results: Iterable[Mapping[str, Any]]) -> str:
     by_d.setdefault(row["d"], []).append(row)
   blocks = []
   for d, rows in by_d.items():
-    s = d.bit_length() - 1
-    size = f"2^{s}" if d == 1 << s else str(d)
     title = (
-      f"d = {size} = {d} float32 (x ~ N(0, 1)); reference x * 1.0001: "
+      f"d = {format_size(d)} = {d} float32 (x ~ N(0, 1)); reference x * 1.0001: "
       f"{rows[0]['reference_ms']:.4g} ms, read-only sum(x): {rows[0]['read_reference_ms']:.4g} "
       "ms; times are the min over the repeats"
     )
@@ -233,7 +269,7 @@ def bench_topk(
 ) -> list[dict[str, Any]]:
   """Times the Top-k selection methods of `_topk.abs_top_k` on a float32 Gaussian vector.
 
-  For each ``d = 2**s`` and ``k = max(1, round(ratio * d))``, every method in ``methods``
+  For each size d and ``k = max(1, round(ratio * d))``, every method in ``methods``
   is jitted and timed by `time_call` as ``abs_top_k(x, k, method=...)`` (values and
   indices), next to the references ``x * 1.0001`` and ``jnp.sum(x)`` timed before and after
   (the minimum is kept). ``torch.topk(|x|, k)`` on the same data is timed too when PyTorch
@@ -242,7 +278,7 @@ def bench_topk(
   (1.0 for the exact methods; ties are absent from Gaussian data).
 
   Args:
-    sizes: base-2 logarithms of the vector sizes.
+    sizes: vector sizes (element counts).
     ratios: fractions of the entries to keep, each in (0, 1].
     repeats: timed calls per measurement (the minimum is kept), after one warm-up call.
     seed: seed of the input vector.
@@ -258,11 +294,10 @@ def bench_topk(
   torch_topk = _torch_topk()
   results: list[dict[str, Any]] = []
   total = len(sizes) * len(ratios) * (len(methods) + (torch_topk is not None))
-  with tqdm(total=total, disable=None, file=sys.stderr, desc="bench topk") as bar:
-    for s in sizes:
-      d = 1 << s
+  with progress(total=total, desc="bench topk") as bar:
+    for d in sizes:
       x = jax.block_until_ready(
-        jax.random.normal(jax.random.fold_in(jax.random.key(seed), s), (d,), jnp.float32)
+        jax.random.normal(_vector_key(jax.random.key(seed), d), (d,), jnp.float32)
       )
       ref_before = reference_ms(x, repeats)
       read_before = read_reference_ms(x, repeats)
@@ -271,7 +306,7 @@ def bench_topk(
         k = max(1, round(ratio * d))
         expected = None
         for method in methods:
-          bar.set_postfix_str(f"d=2^{s} k={k} {method}", refresh=False)
+          bar.set_postfix_str(f"d={format_size(d)} k={k} {method}", refresh=False)
           fn = jax.jit(lambda x, k=k, method=method: _topk.abs_top_k(x, k, method=method))
           ms = time_call(fn, x, repeats=repeats)
           found = np.asarray(fn(x)[1])
@@ -280,7 +315,7 @@ def bench_topk(
           timings.append((method, k, ratio, ms, _recall(found, expected)))
           bar.update(1)
         if torch_topk is not None:
-          bar.set_postfix_str(f"d=2^{s} k={k} torch.topk", refresh=False)
+          bar.set_postfix_str(f"d={format_size(d)} k={k} torch.topk", refresh=False)
           call = torch_topk(np.asarray(x), k)
           ms = _time_host(call, repeats)
           timings.append(("torch.topk", k, ratio, ms, _recall(call(), expected)))
@@ -332,10 +367,8 @@ def topk_bench_tables(results: Iterable[Mapping[str, Any]]) -> str:
     groups.setdefault((row["d"], row["k"]), []).append(row)
   blocks = []
   for (d, k), rows in groups.items():
-    s = d.bit_length() - 1
-    size = f"2^{s}" if d == 1 << s else str(d)
     title = (
-      f"d = {size} float32 (x ~ N(0, 1)), k = {k} ({rows[0]['ratio']:g}); reference "
+      f"d = {format_size(d)} float32 (x ~ N(0, 1)), k = {k} ({rows[0]['ratio']:g}); reference "
       f"x * 1.0001: {rows[0]['reference_ms']:.4g} ms, read-only sum(x): "
       f"{rows[0]['read_reference_ms']:.4g} ms; times are the min over the repeats"
     )

@@ -12,11 +12,14 @@ Three parts:
 3. **Modelled step time** of a large model on a slow network with the alpha-beta model:
    a collective of m sequential messages moving B bytes per device costs m * alpha + B / bw.
    Ring all-reduce and all_gather take n - 1 (all-reduce: 2 (n - 1)) messages; all_to_all
-   n - 1.
+   n - 1. The compression time is a cost per value measured on this machine at
+   ``min(d, COST_MAX_D)`` values and extrapolated linearly to the model size; below
+   ``COST_MIN_RELIABLE_D`` fixed per-call overhead dominates it, so it is overstated.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,14 +34,36 @@ from biased_compression import _collectives
 from biased_compression import _quantization
 from biased_compression import _sparsification
 
-__all__ = ["bench_compressors_for_collectives", "traffic", "step_times", "network_model"]
+__all__ = [
+  "bench_compressors_for_collectives",
+  "traffic",
+  "step_times",
+  "network_model",
+  "cost_fields",
+  "cost_warning",
+]
+
+# The modelled step's compression cost is timed at min(d, COST_MAX_D) values, so that a large
+# --dim does not make the timing itself long.
+COST_MAX_D = 1 << 22
+# Below this many values the timed calls are mostly fixed per-call overhead (dispatch, launch),
+# which a linear extrapolation to the model size multiplies: measured at d = 2^16 the modelled
+# 10 Gbit/s speed-up came out 0.71x where d = 2^20 gave 3.14x (issue 9).
+COST_MIN_RELIABLE_D = 1 << 20
 
 
-def bench_compressors_for_collectives() -> dict[str, _base.Compressor]:
-  """The compressors of the benchmark: 1 bit (scaled sign), Top-k 1 %, natural dithering."""
+def bench_compressors_for_collectives(
+  d: int = 1 << 20, ns: Sequence[int] = (2,)
+) -> dict[str, _base.Compressor]:
+  """The compressors of the benchmark: 1 bit (scaled sign), Top-k 1 %, natural dithering.
+
+  Top-k keeps a fixed k near 1 % of d that every n of ``ns`` divides, since two_stage keeps
+  k / n per chunk (k = 10 496 of 2^20 for n up to 256: 1.001 %).
+  """
+  step = math.lcm(*ns)
   return {
     "scaled_sign": _quantization.scaled_sign(),
-    "top_k_1pct": _sparsification.top_k(0.01),
+    "top_k_1pct": _sparsification.top_k(k=min(d, step * max(1, round(0.01 * d / step)))),
     "natural_dithering_3": _quantization.natural_dithering(3),
   }
 
@@ -47,10 +72,11 @@ def model_bytes(method: str, compressor: _base.Compressor | None, d: int, n: int
   """Bytes one device sends per step (the analytic model of `wire_bytes`'s rules)."""
   if method == "dense":
     return 2 * (n - 1) * 4 * d // n
+  up, down = _collectives.traffic_bits(compressor, method, d, n)
   if method == "all_gather":
-    return (n - 1) * compressor.payload_bits(d) // 8
-  chunk, _ = _collectives.chunking(d, n)
-  return 2 * (n - 1) * compressor.payload_bits(chunk) // 8
+    return (n - 1) * up // 8
+  # two_stage: an all_to_all of the n chunk payloads, an all_gather of the server's chunk
+  return ((n - 1) * up // n + (n - 1) * down) // 8
 
 
 def _mesh(n: int):
@@ -90,7 +116,7 @@ def traffic(d: int, ns: Sequence[int]) -> list[dict[str, Any]]:
   for n in ns:
     cases = [("dense", "dense", None)] + [
       (name, method, c)
-      for name, c in bench_compressors_for_collectives().items()
+      for name, c in bench_compressors_for_collectives(d, ns).items()
       for method in ("all_gather", "two_stage")
     ]
     for name, method, c in cases:
@@ -122,7 +148,7 @@ def step_times(d: int, n: int, repeats: int) -> list[dict[str, Any]]:
   rows.append(
     {"part": "time", "d": d, "n": n, "compressor": "dense", "method": "dense", "ms": dense_ms}
   )
-  for name, c in bench_compressors_for_collectives().items():
+  for name, c in bench_compressors_for_collectives(d, (n,)).items():
     for method in ("all_gather", "two_stage"):
       f, x = _program(method, c, d, n)
       ms = _bench.time_call(f, x, repeats=repeats)
@@ -202,6 +228,28 @@ def sign_cost_ms_per_million(d: int, repeats: int, n: int = 16) -> float:
   return (enc_ms * (1 + 1 / n) + 2 * dec_ms) * 1e6 / d
 
 
+def cost_fields(measured_d: int, ms_per_million: float) -> dict[str, Any]:
+  """The JSON fields saying how `network_model`'s ``compression_ms`` was obtained."""
+  return {
+    "compression_ms_per_million": ms_per_million,
+    "compression_measured_d": measured_d,
+    "compression_extrapolation": "linear",
+    "compression_overhead_dominated": measured_d < COST_MIN_RELIABLE_D,
+  }
+
+
+def cost_warning(measured_d: int) -> str | None:
+  """Why the modelled compression time is too high when measured at a small d, else None."""
+  if measured_d >= COST_MIN_RELIABLE_D:
+    return None
+  reliable = _bench.format_size(COST_MIN_RELIABLE_D)
+  return (
+    f"below d = {reliable} the measured cost per value is dominated by fixed per-call "
+    "overhead, so the extrapolated compression time is overstated (and the speed-up "
+    f"understated); use --dim {reliable} or more for the modelled step"
+  )
+
+
 def tables(rows: Sequence[dict[str, Any]]) -> str:
   """The three parts as plain-text tables."""
   fmt = _bench.format_sig
@@ -267,6 +315,17 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
         ],
       )
     )
+    if "compression_measured_d" in r0:
+      out.append(
+        f"compression ms: {fmt(r0['compression_ms_per_million'])} ms per million values "
+        "(one encode and two decodes of the values, an encode of 1/n of them: a two_stage "
+        "step's work), measured on this machine at "
+        f"d = {_bench.format_size(r0['compression_measured_d'])} and extrapolated linearly "
+        f"to {r0['params']} parameters"
+      )
+      warning = cost_warning(r0["compression_measured_d"])
+      if warning is not None:
+        out.append(f"warning: {warning}")
   return "\n".join(out)
 
 
@@ -282,6 +341,7 @@ def run(
   """All three parts; returns the JSON rows."""
   rows = traffic(d, ns)
   rows += step_times(d, min(jax.device_count(), max(ns)), repeats)
-  cost = sign_cost_ms_per_million(min(d, 1 << 22), repeats, workers)
-  rows += network_model(params, workers, (10.0, 100.0), compute_ms, alpha_us, cost)
-  return rows
+  cost_d = min(d, COST_MAX_D)
+  cost = sign_cost_ms_per_million(cost_d, repeats, workers)
+  model = network_model(params, workers, (10.0, 100.0), compute_ms, alpha_us, cost)
+  return rows + [{**r, **cost_fields(cost_d, cost)} for r in model]

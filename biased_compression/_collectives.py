@@ -24,7 +24,9 @@ Methods (``method=``), for n workers and a payload of B bytes per worker:
   when it is unbiased (so the result stays unbiased); a biased operator that is not
   contractive (`sign`) is refused. Each server all_gathers its encoded chunk. Each device
   sends about 2 (n - 1) / n B, independent of n. The result is S(mean_i C(x_i)) with S the
-  server's compression, not the mean of the messages.
+  server's compression, not the mean of the messages. The server error is kept for the d
+  coordinates of the message (that of the padding is dropped); where d is small against
+  8 n, the last chunks are mostly padding and a sparsifier's budget there keeps zeros.
 * ``"majority_vote"``: for `sign`: two_stage whose server sends the sign of the chunk's sum
   of signs (signSGD with majority vote: a 1-bit downlink), without server error.
 * ``"auto"`` (the default): the exact mean, i.e. ``"psum"`` for linear codes whose payload is

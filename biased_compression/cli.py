@@ -5,19 +5,25 @@ Subcommands:
 * ``compressors [--dim D] [--draws N] [--seed S]`` (the default): tabulates every compressor
   of `standard_compressors` with its constants, its wire size and its measured relative
   error ``||C(x) - x||^2 / ||x||^2`` on three test vectors (see `_vectors.test_vectors`).
-* ``bench compressors [--sizes 16,18,...] [--repeats R] [--only NAME,...] [--json PATH]``:
+* ``bench compressors [--sizes 2^16,2^18,...] [--repeats R] [--only NAME,...] [--json PATH]``:
   times encode and decode of every compressor against a memory-bound reference.
-* ``bench topk [--sizes 24] [--ratios 0.01,0.1] [--repeats R] [--methods ...] [--json PATH]``:
+* ``bench topk [--sizes 2^24] [--ratios 0.01,0.1] [--repeats R] [--methods ...] [--json PATH]``:
   times the Top-k selection methods (and ``torch.topk`` when PyTorch is importable).
+* ``bench collectives [--dim 2^20] [--workers 2,4,...] [--model-params 1e8] ... [--json PATH]``:
+  bytes and time of the compressed all-reduce, and a modelled step on a slow network.
 
-Tables go to stdout, progress bars to stderr (only on a terminal). Usage errors exit with
-status 2.
+Sizes (``--dim``, ``--sizes``, ``--model-params``) are element counts, written ``2^N``,
+``2**N``, ``1e8`` or plainly. Tables go to stdout, progress bars to stderr (only on a
+terminal); a bench writes a JSON record only when given ``--json PATH``. Usage errors exit
+with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import decimal
 import math
+import re
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -32,10 +38,15 @@ from biased_compression import _registry
 from biased_compression import _sparsification
 from biased_compression import _vectors
 
-__all__ = ["main", "build_parser", "relative_errors"]
+__all__ = ["main", "build_parser", "relative_errors", "parse_size"]
 
-_DEFAULT_SIZES = (16, 18, 20, 22, 24)
-_MAX_LOG2_SIZE = 30
+_DEFAULT_SIZES = tuple(1 << s for s in (16, 18, 20, 22, 24))
+# The benchmarks allocate float32 vectors of this many elements (4 GiB), some of them n at a
+# time: a larger size is a typo, not a measurement.
+_MAX_SIZE = 1 << 30
+# A plain count below this in --sizes is refused: before sizes were element counts --sizes
+# took log2 values, and an old command line would otherwise time vectors of 16 .. 24 elements.
+_MIN_PLAIN_SIZE = 64
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -60,21 +71,85 @@ _positive_int = _int_at_least(1, "positive")
 _non_negative_int = _int_at_least(0, "non-negative")
 
 
-def _log2_sizes(text: str) -> tuple[int, ...]:
-  """Parses ``16,18,20``: base-2 logarithms of vector sizes, each in 0 .. 30."""
-  parts = [p.strip() for p in text.split(",")]
-  try:
-    sizes = tuple(int(p) for p in parts)
-  except ValueError:
+_POWER_OF_TWO = re.compile(r"2\s*(?:\^|\*\*)\s*(\d+)")
+_PLAIN_COUNT = re.compile(r"\d+")
+_SCIENTIFIC = re.compile(r"\d+(?:\.\d*)?[eE]\+?\d+")
+_SIZE_LIMIT = 1 << 62
+_SIZE_SYNTAX = "2^N, 2**N or an element count (e.g. 2^20, 1048576, 1e6)"
+_SIZES_SYNTAX = (
+  "2^N, 2**N or an element count; plain counts below 64 are refused (they were log2 sizes before)"
+)
+
+
+def parse_size(text: str, maximum: int | None = None) -> int:
+  """Parses a size: ``2^N``, ``2**N``, an integral ``1e8`` or a plain element count.
+
+  The one parser of every size option (``--dim``, ``--sizes``, ``--model-params``), so that
+  they all take the same syntax.
+
+  >>> parse_size("2^20"), parse_size("2**4"), parse_size("1e8"), parse_size("4096")
+  (1048576, 16, 100000000, 4096)
+
+  Args:
+    text: the option's value.
+    maximum: the largest size allowed; None for 2^62 (far beyond any model, and still an
+      exact integer everywhere).
+
+  Returns:
+    The element count, >= 1.
+
+  Raises:
+    argparse.ArgumentTypeError: ``text`` is not a size, not positive or above ``maximum``.
+  """
+  limit = _SIZE_LIMIT if maximum is None else maximum
+  text = text.strip()
+  value: int | None = None
+  if m := _POWER_OF_TWO.fullmatch(text):
+    # Compared before shifting: 2^100000 is a slow way to say "too large".
+    exponent = int(m.group(1))
+    value = 1 << exponent if exponent <= limit.bit_length() else limit + 1
+  elif _PLAIN_COUNT.fullmatch(text):
+    value = int(text)
+  elif _SCIENTIFIC.fullmatch(text):
+    # Decimal, not float: exact, so 1.5e0 is refused as no count rather than rounded.
+    exact = decimal.Decimal(text)
+    if exact > limit:
+      value = limit + 1
+    elif exact == exact.to_integral_value():
+      value = int(exact)
+  if value is None or value < 1:
+    raise argparse.ArgumentTypeError(f"expected a positive size as {_SIZE_SYNTAX}, got {text!r}")
+  if value > limit:
     raise argparse.ArgumentTypeError(
-      f"expected comma-separated integers (log2 of the sizes, e.g. 16,18,20), got {text!r}"
-    ) from None
-  bad = [s for s in sizes if not 0 <= s <= _MAX_LOG2_SIZE]
-  if bad:
-    raise argparse.ArgumentTypeError(
-      f"sizes are log2 of the vector size and must be in 0 .. {_MAX_LOG2_SIZE}, got {bad}"
+      f"{text} is above the largest size allowed, {_bench.format_size(limit)}"
     )
-  return sizes
+  return value
+
+
+def _size_type(maximum: int | None) -> Callable[[str], int]:
+  """An argparse type: `parse_size` with a maximum."""
+  return lambda text: parse_size(text, maximum)
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+  """Parses ``2^16,2^18,100000``: a comma list of `parse_size` sizes, each <= 2^30.
+
+  Plain counts below 64 are refused, naming the size the user probably meant: ``--sizes``
+  used to take log2 values, and timing a 22-element vector is never the intent.
+  """
+  sizes = []
+  for part in text.split(","):
+    part = part.strip()
+    if _PLAIN_COUNT.fullmatch(part) and int(part) < _MIN_PLAIN_SIZE:
+      n = int(part)
+      hint = f"did you mean 2^{n}?" if (1 << n) <= _MAX_SIZE else "write sizes as 2^N"
+      raise argparse.ArgumentTypeError(f"{n} elements is too small to time; {hint}")
+    sizes.append(parse_size(part, _MAX_SIZE))
+  return tuple(sizes)
+
+
+def _format_sizes(sizes: Sequence[int]) -> str:
+  return ",".join(_bench.format_size(d) for d in sizes)
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -152,7 +227,7 @@ def _cmd_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int:
   sizes = ", ".join(f"{k} ({v.shape[0]})" for k, v in vectors.items())
   compressors = _registry.standard_compressors()
   rows = []
-  for name, c in tqdm(compressors.items(), disable=None, file=sys.stderr, desc="compressors"):
+  for name, c in _bench.progress(iterable=compressors.items(), desc="compressors"):
     errors = relative_errors(c, vectors, args.draws, seed=args.seed)
     rows.append(
       [
@@ -234,19 +309,28 @@ def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int
     )
   from biased_compression import _bench_collectives
 
-  with tqdm(total=3, desc="bench collectives", file=sys.stderr) as bar:
+  cost_d = min(args.dim, _bench_collectives.COST_MAX_D)
+  warning = _bench_collectives.cost_warning(cost_d)
+  if warning is not None:
+    # Before the run, so that it is seen before the numbers it qualifies (the table repeats it).
+    print(
+      f"warning: --dim {_bench.format_size(args.dim)}: the modelled step's compression cost "
+      f"is measured at d = {_bench.format_size(cost_d)} and extrapolated linearly to "
+      f"--model-params {args.model_params}; {warning}",
+      file=sys.stderr,
+    )
+  with _bench.progress(total=3, desc="bench collectives") as bar:
     rows = _bench_collectives.traffic(args.dim, args.workers)
     bar.update()
     rows += _bench_collectives.step_times(
       args.dim, min(jax.device_count(), max(args.workers)), args.repeats
     )
     bar.update()
-    cost = _bench_collectives.sign_cost_ms_per_million(
-      min(args.dim, 1 << 22), args.repeats, args.model_workers
-    )
-    rows += _bench_collectives.network_model(
+    cost = _bench_collectives.sign_cost_ms_per_million(cost_d, args.repeats, args.model_workers)
+    model = _bench_collectives.network_model(
       args.model_params, args.model_workers, args.gbits, args.compute_ms, args.alpha_us, cost
     )
+    rows += [{**r, **_bench_collectives.cost_fields(cost_d, cost)} for r in model]
     bar.update()
   print(_bench_collectives.tables(rows))
   if args.json is not None:
@@ -278,11 +362,21 @@ def _ints(text: str) -> tuple[int, ...]:
 # -- parser ---------------------------------------------------------------------------------
 
 
+_JSON_HELP = (
+  "also write the results as a JSON record (machine, date, command, results) to PATH; "
+  "without --json nothing is written"
+)
+_REPEATS_HELP = "timed calls after a warm-up call; the min is kept (default: 5)"
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser of ``biased-compression``."""
+  # Option help strings are %-formatted by argparse (a literal percent sign is written %%);
+  # descriptions are not (a literal one is written %). tests/cli_test.py checks every --help.
   parser = argparse.ArgumentParser(
     prog="biased-compression",
-    description="Tabulate and benchmark the compressors of biased_compression.",
+    description="Tabulate and benchmark the compressors of biased_compression. Sizes are "
+    "element counts, written 2^N, 2**N or plainly (1048576, 1e6).",
   )
   commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -294,47 +388,51 @@ def build_parser() -> argparse.ArgumentParser:
   )
   _add_compressors_args(comp)
 
-  bench = commands.add_parser("bench", help="timing benchmarks")
+  bench = commands.add_parser(
+    "bench",
+    help="timing benchmarks",
+    description="Timing benchmarks. Each prints tables to stdout and writes a JSON record "
+    "only with --json PATH.",
+  )
   bench_commands = bench.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
   bc = bench_commands.add_parser(
     "compressors",
     help="encode / decode time of every compressor against a memory-bound reference",
     description="Times jitted encode and decode of every compressor on float32 Gaussian "
-    "vectors of size 2^s, next to the reference jax.jit(lambda x: x * 1.0001) on the same "
-    "array; reports the min over the repeats in ms and the ratios to the reference.",
+    "vectors of each size in --sizes, next to the reference jax.jit(lambda x: x * 1.0001) "
+    "on the same array; reports the min over the repeats in ms and the ratios to the "
+    "reference.",
   )
   bc.add_argument(
     "--sizes",
-    type=_log2_sizes,
+    type=_sizes,
     default=_DEFAULT_SIZES,
-    metavar="S,S,...",
-    help="log2 of the vector sizes (default: %(default)s)",
+    metavar="D,D,...",
+    help=f"vector sizes, each {_SIZES_SYNTAX} (default: {_format_sizes(_DEFAULT_SIZES)})",
   )
-  bc.add_argument(
-    "--repeats", type=_positive_int, default=5, help="timed calls, min is kept (default: 5)"
-  )
+  bc.add_argument("--repeats", type=_positive_int, default=5, help=_REPEATS_HELP)
   bc.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
   bc.add_argument(
     "--only", type=_names, default=None, metavar="NAME,...", help="only these compressors"
   )
-  bc.add_argument("--json", default=None, metavar="PATH", help="write a JSON record to PATH")
+  bc.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
   bc.set_defaults(func=_cmd_bench_compressors, parser=bc)
 
   bt = bench_commands.add_parser(
     "topk",
     help="Top-k selection: lax.top_k, radix, approx_max_k (and torch.topk if installed)",
     description="Times jitted Top-k selection of the k largest |x_i| of float32 Gaussian "
-    "vectors of size 2^s with each method of abs_top_k (exact_sort = jax.lax.top_k, radix, "
-    "approx = jax.lax.approx_max_k), and torch.topk when PyTorch is importable, next to the "
-    "references x * 1.0001 and sum(x); reports the min over the repeats in ms, the ratios, "
-    "the speed-up over lax.top_k and the recall of lax.top_k's set.",
+    "vectors of each size in --sizes with each method of abs_top_k (exact_sort = "
+    "jax.lax.top_k, radix, approx = jax.lax.approx_max_k), and torch.topk when PyTorch is "
+    "importable, next to the references x * 1.0001 and sum(x); reports the min over the "
+    "repeats in ms, the ratios, the speed-up over lax.top_k and the recall of lax.top_k's set.",
   )
   bt.add_argument(
     "--sizes",
-    type=_log2_sizes,
-    default=(24,),
-    metavar="S,S,...",
-    help="log2 of the vector sizes (default: 24)",
+    type=_sizes,
+    default=(1 << 24,),
+    metavar="D,D,...",
+    help=f"vector sizes, each {_SIZES_SYNTAX} (default: 2^24)",
   )
   bt.add_argument(
     "--ratios",
@@ -348,25 +446,34 @@ def build_parser() -> argparse.ArgumentParser:
     type=_topk_methods,
     default=_bench.TOPK_METHODS,
     metavar="M,M,...",
-    help="methods to time; exact_sort is always timed (default: all)",
+    help=f"methods to time; exact_sort is always timed (default: {','.join(_bench.TOPK_METHODS)})",
   )
-  bt.add_argument(
-    "--repeats", type=_positive_int, default=5, help="timed calls, min is kept (default: 5)"
-  )
+  bt.add_argument("--repeats", type=_positive_int, default=5, help=_REPEATS_HELP)
   bt.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
-  bt.add_argument("--json", default=None, metavar="PATH", help="write a JSON record to PATH")
+  bt.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
   bt.set_defaults(func=_cmd_bench_topk, parser=bt)
 
   bl = bench_commands.add_parser(
     "collectives",
     help="bytes per device and time of the compressed all-reduce; modelled network speed-up",
     description="Bytes each device sends per step for the dense float32 all-reduce, "
-    "all_gather and two_stage (scaled sign, Top-k 1%%, natural dithering), read from the "
+    "all_gather and two_stage (scaled sign, Top-k 1%, natural dithering), read from the "
     "compiled programs on up to --devices local CPU devices and from the analytic model "
     "beyond; the time of one compressed mean against the dense pmean on the local devices; "
-    "and an alpha-beta model of a large model's step time on a slow network.",
+    "and an alpha-beta model of the step time of a --model-params model on a slow network, "
+    "whose compression time is the cost per value measured at --dim (at most 2^22) "
+    "extrapolated linearly.",
   )
-  bl.add_argument("--dim", type=_positive_int, default=1 << 20, help="model size (default: 2^20)")
+  bl.add_argument(
+    "--dim",
+    type=_size_type(_MAX_SIZE),
+    default=1 << 20,
+    metavar="D",
+    help=f"vector size of the measured parts, {_SIZE_SYNTAX}; the modelled step's "
+    "compression cost is timed at min(D, 2^22) values and extrapolated linearly to "
+    "--model-params, which overstates it below 2^20, where fixed per-call overhead "
+    "dominates (default: 2^20)",
+  )
   bl.add_argument(
     "--workers",
     type=_ints,
@@ -379,9 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
   )
   bl.add_argument(
     "--model-params",
-    type=_positive_int,
+    type=_size_type(None),
     default=100_000_000,
-    help="parameters of the modelled model (default: 1e8)",
+    metavar="P",
+    help=f"parameters of the modelled model, {_SIZE_SYNTAX}; its compression time is the "
+    "per-value cost measured at --dim times P, a linear extrapolation (default: 1e8)",
   )
   bl.add_argument(
     "--model-workers", type=_positive_int, default=16, help="modelled workers (default: 16)"
@@ -402,10 +511,8 @@ def build_parser() -> argparse.ArgumentParser:
   bl.add_argument(
     "--alpha-us", type=float, default=20.0, help="latency per message, us (default: 20)"
   )
-  bl.add_argument(
-    "--repeats", type=_positive_int, default=5, help="timed calls, min is kept (default: 5)"
-  )
-  bl.add_argument("--json", default=None, metavar="PATH", help="write a JSON record to PATH")
+  bl.add_argument("--repeats", type=_positive_int, default=5, help=_REPEATS_HELP)
+  bl.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
   bl.set_defaults(func=_cmd_bench_collectives, parser=bl)
   return parser
 
@@ -413,9 +520,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_compressors_args(p: argparse.ArgumentParser) -> None:
   p.add_argument(
     "--dim",
-    type=_positive_int,
+    type=_size_type(_MAX_SIZE),
     default=None,
-    help="size of the Gaussian and heavy-tailed vectors (default: the MLP gradient's, 9610)",
+    metavar="D",
+    help=f"size of the Gaussian and heavy-tailed vectors, {_SIZE_SYNTAX} (default: the MLP "
+    "gradient's, 9610)",
   )
   p.add_argument(
     "--draws", type=_positive_int, default=4, help="keys per random operator (default: 4)"
