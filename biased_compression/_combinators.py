@@ -186,11 +186,12 @@ class _Rescaled(_base.Compressor):
 
   def _decode(self, payload, d, dtype, key):
     inner = self.compressor
+    factor = self.factor(d) if d else 1.0  # an empty leaf has no constants to scale by
     if isinstance(inner, _sparsification.Sparsifier):
       indices = inner._indices_from(payload, d, key)
-      return inner._place(payload["values"], indices, d, dtype, self.factor(d))
+      return inner._place(payload["values"], indices, d, dtype, factor)
     y = inner._decode(payload, d, jnp.dtype(jnp.float32), key)
-    return (y * self.factor(d)).astype(dtype)
+    return (y * factor).astype(dtype)
 
   def bits(self, d):
     return self.compressor.bits(d)

@@ -8,6 +8,8 @@ formats pack sub-byte codes with `_bitpack`:
 * sign: 1 bit per coordinate (sign(0) is +1).
 * natural compression / exponential rounding: sign bit + exponent code (9 bits for base 2).
 * dithering: a float32 norm + per coordinate a sign bit and ceil(log2(levels + 1)) level bits.
+  A norm above the float32 range (an l1 or l2 norm of entries near the maximum) travels as
+  -||x|| 2^-64, so that the outputs ||x|| * level that are representable stay exact.
 
 Signs always travel as their own 1-bit plane, separate from the magnitude codes: packed
 together (``code << 1 | sign``), every plane of the combined code re-reads the random
@@ -16,7 +18,16 @@ float32 multiply for natural compression's packing).
 
 On XLA's CPU backend arithmetic flushes subnormal floats to zero, so subnormal inputs
 behave as zeros in norms and scales; the exponent-based operators read the bits directly
-and round subnormals without bias to 0 or the smallest normal power.
+and round subnormals without bias to 0 or the smallest normal power. The same flushing
+decides how scales are applied: XLA rewrites x / n as x * (1 / n), and folds a constant
+into a scalar factor (norm * (level / s) becomes level * (norm / s)), so a reciprocal of a
+norm >= 2^126, or a small norm over s, would be zero. Norms are therefore handled as a
+mantissa and a power of two, applied as separate runtime factors (see `_norm_parts` and
+`_unwire_norm`); outputs are the exact operator's to float32 rounding across the whole
+normal range, and inf only where that exact value exceeds the output dtype's range.
+
+Zero-size inputs give zero-size payload arrays (a norm or scale of 0) and decode to an empty
+array.
 """
 
 from __future__ import annotations
@@ -76,43 +87,101 @@ def _unit_uniform(bits: jax.Array) -> jax.Array:
   return (bits >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
 
 
-def _norm(xf: jax.Array, p: float) -> jax.Array:
-  """``_base.safe_norm(xf, p)``, bit for bit, without materialising |x|.
+def _exponent(v: jax.Array) -> jax.Array:
+  """The biased exponent field of a float32 minus 127: e with 2^e <= |v| < 2^(e + 1) for a
+  normal v, -127 for zero and subnormals, 128 for inf and NaN (int32)."""
+  return ((_as_bits(v) >> 23) & jnp.uint32(0xFF)).astype(jnp.int32) - 127
 
-  safe_norm reads |x| in two reductions and in the branch of a cond, so XLA:CPU writes the
-  whole of |x| to memory (64 MB at d = 2^24, more than the rest of an encoder costs).
-  Here max|x| is max(max x, -min x), two reductions of x itself, and every other use of
-  |x| sits inside the reduction that needs it (x * x for p = 2), so each reduction reads x
-  directly; the cond receives x. The sums are the same reductions of the same values, and
-  the tests check that the result is identical to safe_norm's.
+
+def _pow2(e: jax.Array) -> jax.Array:
+  """2^e for an int32 e, clipped to the normal range [-126, 127].
+
+  Built from its bits, so it is a runtime value: XLA folds products of power-of-two
+  constants into one factor (2^-64 * 2^-64 becomes 2^-128, flushed to zero) but leaves
+  products with runtime scalars as written.
   """
+  return _from_bits((jnp.clip(e, -126, 127) + 127).astype(jnp.uint32) << 23)
+
+
+def _split(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mantissa, e) with v = mantissa * 2^e and mantissa in [1, 2), for a normal v >= 0.
+
+  Read from the bits: v * 2^-e would need the subnormal 2^-127 for v >= 2^127. Zero,
+  subnormals, inf and NaN come back as (v, 0).
+  """
+  f = _exponent(v)
+  normal = (f > -127) & (f < 128)
+  mantissa = _from_bits((_as_bits(v) & jnp.uint32(_MANTISSA)) | jnp.uint32(127 << 23))
+  return jnp.where(normal, mantissa, v), jnp.where(normal, f, 0)
+
+
+def _direct_threshold(d: int, p: float) -> float:
+  """Smallest max|x| for which the direct sum of |x_i|^p loses nothing to flushing.
+
+  XLA:CPU flushes a term |x_i|^p < 2^-126 to zero; d such terms change a sum of at least
+  max|x|^p by under 2^-24 of it when max|x|^p >= d 2^-102. (A fixed 1e-18 lost up to all
+  of the norm for large d: 10^6 entries of 3e-20 next to one of 1e-18.)
+  """
+  if p == 1.0:
+    return 0.0
+  return float((d * 2.0**-102) ** (1.0 / p))
+
+
+def _norm_parts(xf: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
+  """||x||_p as ``(mantissa, e)`` with ||x||_p = mantissa * 2^e, without overflow.
+
+  The mantissa is in [1, 2), or 0 for a zero (or all-subnormal) vector, and non-finite when
+  x holds inf or NaN; e is an int32 that may exceed 127 when the norm itself is above the
+  float32 maximum (an l1 or l2 norm of entries near it). The callers scale by powers of two
+  built from e, never by 1/||x||: that reciprocal is subnormal, and so zero on XLA:CPU, once
+  ||x|| >= 2^126, and XLA turns x / ||x|| into x * (1 / ||x||).
+
+  The reductions read x itself, never a materialised |x| (safe_norm reads |x| in two
+  reductions and in the branch of a cond, so XLA:CPU writes the whole of |x| to memory, 64 MB
+  at d = 2^24, more than the rest of an encoder costs): max|x| is max(max x, -min x), and
+  x * x and max(x, -x), equal to |x| * |x| and |x| for finite x, sit inside the reduction
+  that needs them, which XLA:CPU fuses into its reduction kernel (abs it does not fuse). Only
+  when the direct sum overflows, or its terms may flush to zero, is the sum recomputed over
+  x * 2^-k with 2^k <= max|x| < 2^(k + 1) (exact scaling); the rest is scalar work.
+  `_base.safe_norm` computes the same values and the tests check that the two agree.
+  """
+  d = xf.shape[0]
+  if d == 0:  # max over no elements has no identity; the norm of an empty vector is 0
+    return jnp.float32(0.0), jnp.int32(0)
   m = jnp.abs(jnp.maximum(jnp.max(xf), -jnp.min(xf)))
   if p == math.inf:
-    return m
-
-  def power_sum(a):  # of non-negative values, as in safe_norm
-    if p == 1.0:
-      return jnp.sum(a)
-    if p == 2.0:
-      return jnp.sqrt(jnp.sum(a * a))
-    return jnp.sum(a**p) ** (1.0 / p)
-
-  # x * x and max(x, -x) equal |x| * |x| and |x| for finite x (a non-finite sum takes the
-  # rescaled branch), and XLA:CPU fuses them into its reduction kernel, which abs is not.
-  if p == 2.0:
-    direct = jnp.sqrt(jnp.sum(xf * xf))
-  elif p == 1.0:
-    direct = jnp.sum(jnp.maximum(xf, -xf))
+    total, e = m, jnp.int32(0)
   else:
-    direct = power_sum(jnp.abs(xf))
 
-  def rescaled(xf):
-    # |x| / max|x| as safe_norm writes it, so that even the sign of a NaN result agrees.
-    safe_m = jnp.where(m > 0, m, 1.0)
-    return jnp.where(m > 0, m * power_sum(jnp.abs(xf) / safe_m), m)
+    def power_sum(a):  # of non-negative values, as in safe_norm
+      if p == 1.0:
+        return jnp.sum(a)
+      if p == 2.0:
+        return jnp.sqrt(jnp.sum(a * a))
+      return jnp.sum(a**p) ** (1.0 / p)
 
-  fast = jnp.isfinite(direct) & (m >= 1e-18)
-  return jax.lax.cond(fast, lambda xf: direct, rescaled, xf)
+    if p == 2.0:
+      direct = jnp.sqrt(jnp.sum(xf * xf))
+    elif p == 1.0:
+      direct = jnp.sum(jnp.maximum(xf, -xf))
+    else:
+      direct = power_sum(jnp.abs(xf))
+
+    # |x| * 2^-k is in [0, 4) with max|x| * 2^-k >= 1: the sum neither overflows nor loses
+    # its large terms, and 2^-k is normal (k is clipped to [-126, 126]).
+    k = jnp.clip(_exponent(m), -126, 126)
+    fast = jnp.isfinite(direct) & (m >= _direct_threshold(d, p))
+    rescaled = lambda xf: power_sum(jnp.abs(xf) * _pow2(-k))
+    total = jax.lax.cond(fast, lambda xf: direct, rescaled, xf)
+    e = jnp.where(fast, 0, k)
+  mantissa, f = _split(total)
+  return mantissa, e + f
+
+
+def _norm(xf: jax.Array, p: float) -> jax.Array:
+  """||x||_p as a float32: inf when it exceeds the float32 range. Equals `_base.safe_norm`."""
+  mantissa, e = _norm_parts(xf, p)
+  return jnp.where(e > 127, jnp.float32(jnp.inf), mantissa * _pow2(e))
 
 
 # -- sign and scaled sign -------------------------------------------------------------------
@@ -145,7 +214,16 @@ class ScaledSign(_base.Compressor):
 
   def _encode(self, x, key):
     xf = x.astype(jnp.float32)
-    scale = _norm(xf, 1.0) / x.shape[0]
+    d = x.shape[0]
+    mantissa, e = _norm_parts(xf, 1.0)
+    # mean|x| = (mantissa 2^(e - e1) / d) 2^e1 with both powers normal: ||x||_1 itself may
+    # exceed the float32 range (entries near its maximum), the mean never does.
+    e1 = jnp.clip(e, -126, 126)
+    scale = (mantissa * _pow2(e - e1)) / max(d, 1) * _pow2(e1)  # an empty x has scale 0
+    # The rounded mean of entries at the float32 maximum can land just past it.
+    scale = jnp.minimum(scale, jnp.finfo(jnp.float32).max)
+    # An inf in x makes the whole leaf NaN, as a NaN does (the wire cannot say which).
+    scale = jnp.where(jnp.isfinite(mantissa), scale, jnp.float32(jnp.nan))
     return {"scale": scale, "signs": _bitpack.pack(_negative(xf), 1)}
 
   def _decode(self, payload, d, dtype, key):
@@ -304,6 +382,36 @@ def _level_bits(levels: int) -> int:
   return math.ceil(math.log2(levels + 1))
 
 
+_WIRE_SHIFT = 64  # an l1 or l2 norm of d < 2^64 finite float32 values is below 2^(128 + 64)
+
+
+def _wire_norm(mantissa: jax.Array, e: jax.Array) -> jax.Array:
+  """The norm field of the dithering wire: a float32 that says mantissa * 2^e.
+
+  The norm itself when it is a finite float32; above the float32 maximum (possible for the
+  l1 and l2 norms) its negation times 2^-64: outputs norm * level can still be finite there,
+  and a norm is never negative. NaN when x holds inf or NaN, so the leaf decodes to NaN.
+  """
+  big = -(mantissa * _pow2(e - _WIRE_SHIFT))
+  norm = jnp.where(e > 127, big, mantissa * _pow2(e))
+  return jnp.where(jnp.isfinite(mantissa), norm, jnp.float32(jnp.nan))
+
+
+def _unwire_norm(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(a, b) with ||x|| = a * b, a in [1, 2^35) and b a normal power of two: `_wire_norm`'s
+  inverse, in the two factors that decoding multiplies each level by, in turn.
+
+  One factor would not do: XLA folds the product of a scalar and a constant (1/s, a level
+  spacing) into one scalar, so level * (norm / s) underflows for norms near 2^-126; nor
+  would the norm itself, which may exceed the float32 range. (a, b) are runtime values, and
+  XLA keeps (level * a) * b as written. 0 and NaN come back as (w, 1).
+  """
+  mantissa, f = _split(jnp.abs(w))
+  e = f + jnp.where(w < 0, _WIRE_SHIFT, 0)
+  b = jnp.clip(e, -126, 127)
+  return mantissa * _pow2(e - b), _pow2(b)
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class _Dithering(_base.Compressor):
   levels: int = 1
@@ -322,12 +430,20 @@ class _Dithering(_base.Compressor):
 
   def _encode(self, x, key):
     xf = x.astype(jnp.float32)
-    norm = _norm(xf, self.norm)
-    # Zero, or a norm flushed to zero from subnormal inputs, gives all-zero levels.
-    u = jnp.clip(jnp.abs(xf) / jnp.where(norm > 0, norm, 1.0), 0.0, 1.0)
-    level = self._levels_of(u, _random.uniform_bits(key, xf.shape[0]))
+    mantissa, e = _norm_parts(xf, self.norm)
+    # u = |x| / ||x|| as (|x| 2^-e1) (2^(e1 - e) / mantissa): 1/||x|| is subnormal (zero on
+    # XLA:CPU) from ||x|| >= 2^126, these two factors are normal. The levels read
+    # t = u * top (top = s or 2^(s - 1)), folded into the second factor. Both factors are
+    # divisions, which XLA computes once outside the pass over x (_pow2's bit arithmetic
+    # alone is fused into the pass and rerun per element: 15% slower at d = 2^22). A zero
+    # norm (zero or flushed subnormal inputs) gives |x| 2^-e1 = 0: all-zero levels.
+    e1 = jnp.clip(e, -126, 126)
+    scale = 1.0 / _pow2(e1)
+    ratio = (_pow2(e1 - e) * self._top) / jnp.where(mantissa > 0, mantissa, 1.0)
+    t = jnp.clip((jnp.abs(xf) * scale) * ratio, 0.0, self._top)
+    level = self._levels_of(t, _random.uniform_bits(key, xf.shape[0]))
     return {
-      "norm": norm,
+      "norm": _wire_norm(mantissa, e),
       "signs": _bitpack.pack(_negative(xf), 1),
       "levels": _bitpack.pack(level, _level_bits(self.levels)),
     }
@@ -335,7 +451,10 @@ class _Dithering(_base.Compressor):
   def _decode(self, payload, d, dtype, key):
     level = _bitpack.unpack(payload["levels"], _level_bits(self.levels), d)
     neg = _bitpack.unpack(payload["signs"], 1, d)
-    return _signed(payload["norm"] * self._value_of(level), neg).astype(dtype)
+    a, b = _unwire_norm(payload["norm"])
+    # (level * a) * b, in this order: the product overflows only where the exact
+    # ||x|| * level does, underflows only where it is subnormal, and level 0 gives 0.
+    return _signed(self._times_level(a, level) * b, neg).astype(dtype)
 
   def _r(self) -> float:
     return min(self.norm, 2.0)
@@ -346,15 +465,20 @@ class StandardDithering(_Dithering):
 
   _fn = "standard_dithering"
 
-  def _levels_of(self, u, bits):
+  @property
+  def _top(self) -> float:
+    return float(self.levels)
+
+  def _levels_of(self, t, bits):
+    """Levels from t = s |x_i| / ||x|| in [0, s]."""
     s = self.levels
-    t = u * s
     lower = jnp.floor(t)
     up = _unit_uniform(bits) < (t - lower)
     return jnp.minimum(lower + up, s).astype(jnp.uint32)
 
-  def _value_of(self, level):
-    return level.astype(jnp.float32) / self.levels
+  def _times_level(self, a, level):
+    """a * level / s, with the scalar a / s as the one factor."""
+    return level.astype(jnp.float32) * (a / self.levels)
 
   def omega(self, d):
     r, s = self._r(), self.levels
@@ -366,21 +490,27 @@ class NaturalDithering(_Dithering):
 
   _fn = "natural_dithering"
 
-  def _levels_of(self, u, bits):
+  @property
+  def _top(self) -> float:
+    return 2.0 ** (self.levels - 1)
+
+  def _levels_of(self, t, bits):
+    """Levels from t = 2^(s - 1) |x_i| / ||x|| in [0, 2^(s - 1)]."""
     s = self.levels
-    ub = _as_bits(u)
-    e = (ub >> 23).astype(jnp.int32)  # u = 2^(e - 127) (1 + m / 2^23)
-    m = ub & jnp.uint32(_MANTISSA)
-    # Level j stands for 2^(j - s). In a binade [2^(j - s), 2^(j - s + 1)) round up with
-    # probability m / 2^23 (exact); below 2^(1 - s) round between 0 and level 1.
-    binade = e - 127 + s + ((bits >> 9) < m).astype(jnp.int32)
-    small = (_unit_uniform(bits) < u * jnp.float32(2.0 ** (s - 1))).astype(jnp.int32)
-    level = jnp.where(e >= 128 - s, binade, small)
+    tb = _as_bits(t)
+    e = (tb >> 23).astype(jnp.int32)  # t = 2^(e - 127) (1 + m / 2^23)
+    m = tb & jnp.uint32(_MANTISSA)
+    # Level j stands for u = 2^(j - s), t = 2^(j - 1). In a binade [2^(j - 1), 2^j) round up
+    # with probability m / 2^23 (exact); below t = 1 round between 0 and level 1.
+    binade = e - 126 + ((bits >> 9) < m).astype(jnp.int32)
+    small = (_unit_uniform(bits) < t).astype(jnp.int32)
+    level = jnp.where(e >= 127, binade, small)
     return jnp.clip(level, 0, s).astype(jnp.uint32)
 
-  def _value_of(self, level):
+  def _times_level(self, a, level):
+    """a * 2^(level - s), and 0 for level 0."""
     exponent = (level.astype(jnp.int32) + 127 - self.levels).astype(jnp.uint32) << 23
-    return jnp.where(level > 0, _from_bits(exponent), 0.0)
+    return jnp.where(level > 0, _from_bits(exponent), 0.0) * a
 
   def omega(self, d):
     r = self._r()
@@ -436,7 +566,12 @@ class Cast(_base.Compressor):
     return {"values": jnp.clip(xf, -fmax, fmax).astype(self.dtype)}
 
   def _decode(self, payload, d, dtype, key):
-    return payload["values"].astype(dtype)
+    values = payload["values"]
+    fmax = jnp.finfo(dtype).max
+    if jnp.finfo(self.dtype).max > fmax:
+      # Saturate here too: float16's 65504 rounds to 65536 in bfloat16, past float16's range.
+      values = jnp.clip(values.astype(jnp.float32), -fmax, fmax)
+    return values.astype(dtype)
 
   def bits(self, d):
     return 8 * jnp.dtype(self.dtype).itemsize * d
@@ -471,8 +606,9 @@ def sign() -> Sign:
 def scaled_sign() -> ScaledSign:
   r"""Scaled sign: C(x) = (||x||_1 / d) sign(x), in B3(d), B2(1/d, 1).
 
-  Proof: ||C(x) - x||^2 = ||x||^2 - ||x||_1^2 / d <= (1 - 1/d) ||x||^2. The scale is a float32
-  computed as max|x| * mean(|x| / max|x|), so it never overflows; an all-zero input gives 0.
+  Proof: ||C(x) - x||^2 = ||x||^2 - ||x||_1^2 / d <= (1 - 1/d) ||x||^2. The scale is mean|x|
+  as a float32, finite for every finite x: when sum|x| overflows it is recomputed over x
+  scaled by a power of two. An all-zero input gives 0; an inf or NaN gives an all-NaN leaf.
   Wire: 32 + d bits.
 
   References:
@@ -538,8 +674,11 @@ def standard_dithering(levels: int, *, norm: float = 2) -> StandardDithering:
   ||x||_p^2 min(1/(4 s^2), u_i / s), and ||x||_p <= d^(1/r - 1/2) ||x||_2.
 
   Wire: a float32 norm, then per coordinate a sign bit and ceil(log2(s + 1)) level bits.
-  The norm is computed as max|x| * ||x / max|x|||_p (no overflow). Rounding probabilities
-  are resolved to 2^-24. A non-finite input makes the norm, and so every output, NaN.
+  The norm is computed without overflow (over x scaled by a power of two when the direct
+  sum overflows); a norm above the float32 range (p = 1 or 2, entries near the maximum)
+  travels as -||x|| 2^-64, so every output ||x|| * level that is a finite float32 decodes
+  exactly, and only the others give +-inf. Rounding probabilities are resolved to 2^-24.
+  A non-finite input makes the norm, and so every output, NaN.
 
   Args:
     levels: s >= 1.
@@ -562,7 +701,8 @@ def natural_dithering(levels: int, *, norm: float = 2) -> NaturalDithering:
   implements a two-stage variant: standard dithering with 2^(s-1) levels followed by C_nat
   of the levels.) Rounding inside a binade uses the exact mantissa test of C_nat.
 
-  Wire: a float32 norm, then per coordinate a sign bit and ceil(log2(s + 1)) level bits.
+  Wire: a float32 norm, then per coordinate a sign bit and ceil(log2(s + 1)) level bits;
+  norms above the float32 range travel as in `standard_dithering`.
 
   Args:
     levels: s, 1 <= s <= 64.
@@ -585,7 +725,8 @@ def cast(dtype) -> Cast:
   r"""Cast to a narrower float (bfloat16 or float16): the usual half-precision baseline.
 
   Rounds to nearest and saturates at the target's largest finite value (so a finite input
-  stays finite). With unit roundoff u (2^-8 for bfloat16, 2^-11 for float16),
+  stays finite), and again at the output dtype's when decoding (a float16 input near 65504
+  rounds to 65536 in bfloat16). With unit roundoff u (2^-8 for bfloat16, 2^-11 for float16),
   |C(x)_i - x_i| <= u |x_i| for inputs in the target's normal range, giving
   B3(1 / (1 - u^2)) and B2(1 - u, 1 + u). Outside that range (underflow to zero or
   saturation) the relative error can be larger: the constants hold for normal-range inputs.

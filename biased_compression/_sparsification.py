@@ -279,7 +279,8 @@ class RandK(Sparsifier):
     return self._subset(key, d)
 
   def _value_scale(self, d):
-    return d / self.num_values(d) if self.unbiased else 1.0
+    k = self.num_values(d)
+    return d / k if self.unbiased and k else 1.0  # k = 0 only for an empty leaf
 
   def omega(self, d):
     return d / self.num_values(d) - 1.0 if self.unbiased else math.inf
@@ -304,11 +305,11 @@ class AdaptiveRandomSparsification(Sparsifier):
     return "adaptive_random_sparsification()"
 
   def num_values(self, d):
-    return 1
+    return min(1, d)
 
   def _select(self, x, key):
     d = x.shape[0]
-    if d == 1:
+    if d <= 1:
       return x, None
     # Exact two-stage draw: a block of B entries with probability (its |x| sum) / ||x||_1,
     # then an entry of that block with probability |x_i| / (block sum). One reduction pass

@@ -436,3 +436,12 @@ def test_any_shape(name, shape):
   x = jax.random.normal(jax.random.key(len(shape)), shape)
   y = _compress(c, x)
   assert y.shape == x.shape and y.dtype == x.dtype
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_empty_input_gives_an_empty_output(name):
+  c = REGISTRY[name]
+  for shape in [(0,), (3, 0)]:
+    y = jax.jit(lambda x: c.compress(x, key=KEY))(jnp.zeros(shape))
+    assert y.shape == shape and y.dtype == jnp.float32
+  assert c.payload_bits(0) == c.bits(0)
