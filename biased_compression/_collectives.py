@@ -241,6 +241,22 @@ def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name):
   return acc
 
 
+def _moved(collective, payload):
+  """Applies a collective that moves (does not add) payload leaves, bfloat16 ones as uint16.
+
+  XLA:CPU converts a bfloat16 all-gather or all-to-all to float32 (twice the bytes); the bits
+  of a bfloat16 travel unchanged as a uint16 on every backend.
+  """
+
+  def move(x):
+    if x.dtype != jnp.bfloat16:
+      return collective(x)
+    moved = collective(jax.lax.bitcast_convert_type(x, jnp.uint16))
+    return jax.lax.bitcast_convert_type(moved, jnp.bfloat16)
+
+  return jax.tree.map(move, payload)
+
+
 def _decode_each(compressor, payloads, d, dtype, keys=None):
   """Decodes a stack of payloads (leading axis) into float32 rows; ``keys``: one per payload."""
 
@@ -255,7 +271,7 @@ def _decode_each(compressor, payloads, d, dtype, keys=None):
 def _all_gather(compressor, v, dtype, key, axis_name, w, total):
   payload = compressor.encode(v.astype(dtype), key=key)
   local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
-  gathered = jax.lax.all_gather(payload, axis_name)
+  gathered = _moved(lambda x: jax.lax.all_gather(x, axis_name), payload)
   shared_key = key if shares_randomness(compressor) else None
   summed = _sum_decoded(compressor, gathered, v.shape[0], dtype, shared_key, w, axis_name)
   return _normalise(summed, total), local
@@ -287,7 +303,7 @@ def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vot
   else:
     payloads = jax.lax.map(lambda ck: cc.encode(ck[0], key=ck[1]), (chunks, keys))
   local = _decode_each(cc, payloads, chunk, dtype, keys).reshape(-1)[:d]
-  received = jax.tree.map(lambda x: jax.lax.all_to_all(x, axis_name, 0, 0), payloads)
+  received = _moved(lambda x: jax.lax.all_to_all(x, axis_name, 0, 0), payloads)
   summed = _sum_decoded(cc, received, chunk, dtype, None, w, axis_name)
   chunk_mean = _normalise(summed, total)
   anyone = _participated(total)
@@ -310,7 +326,7 @@ def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vot
     # majority vote (the sign of the sum), or an unbiased operator: no server error, so
     # E S(mean) = mean and the result stays unbiased
     server_payload = cc.encode(chunk_mean.astype(dtype), key=server_key)
-  gathered = jax.lax.all_gather(server_payload, axis_name)
+  gathered = _moved(lambda x: jax.lax.all_gather(x, axis_name), server_payload)
   # check_method rules out shared randomness: decoding needs no key
   mean = _decode_each(cc, gathered, chunk, dtype).reshape(-1)[:d]
   if anyone is not None:

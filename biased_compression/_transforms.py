@@ -125,9 +125,9 @@ def bits_sent(state: Any, *, last_step: bool = False, server: bool = False) -> i
   re-compressed chunk, all_gathered to the others; zero for the other methods). Neither
   counts the uncompressed fast-axis all-reduce of ``dense_axis_name``, nor the one float32
   participation weight per worker that ``participating`` / ``probability`` add. XLA:CPU
-  promotes a 16-bit all-reduce to float32, so there ``method="psum"`` of a bfloat16 payload
+  promotes a bfloat16 all-reduce to float32, so there ``method="psum"`` of a bfloat16 payload
   (``cast(jnp.bfloat16)``) moves 32 bits per value where this counts 16 (GPUs and TPUs reduce
-  bfloat16 natively).
+  bfloat16 natively); gathered bfloat16 payloads travel as uint16, exact everywhere.
 
   Args:
     state: an optimizer state (any pytree containing `BitCount` nodes).

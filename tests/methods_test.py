@@ -344,7 +344,8 @@ def test_bits_sent_equals_the_collectives_operands(family, method):
   down = bc.bits_sent(state, last_step=True, server=True)
   assert (up == up[0]).all()
   operands = 8 * sum(o["operand_bytes"] for o in ops)
-  # XLA:CPU promotes a 16-bit all-reduce to float32 (GPUs and TPUs reduce bfloat16 natively)
+  # XLA:CPU promotes a bfloat16 all-reduce to float32 (GPUs and TPUs reduce bfloat16 natively);
+  # gathered bfloat16 payloads travel as uint16, so their bytes are exact everywhere
   promoted = (
     16 * D if (family == "cast" and method == "psum" and jax.default_backend() == "cpu") else 0
   )
