@@ -30,6 +30,10 @@ from biased_compression._compression import CompressState
 from biased_compression._compression import DianaState
 from biased_compression._compression import compress
 from biased_compression._compression import diana
+from biased_compression._distributed import Workers
+from biased_compression._distributed import shard
+from biased_compression._distributed import simulate
+from biased_compression._distributed import worker_key
 from biased_compression._error_feedback import EControlState
 from biased_compression._error_feedback import EF21SGDMState
 from biased_compression._error_feedback import EF21State
@@ -52,10 +56,12 @@ from biased_compression._sparsification import rand_k
 from biased_compression._sparsification import top_k
 from biased_compression._topk import abs_top_k
 from biased_compression._transforms import BitCount
+from biased_compression._transforms import bit_words
 from biased_compression._transforms import bits_sent
 from biased_compression._transforms import device_update
 from biased_compression._transforms import init_workers
 from biased_compression._transforms import simulated_update
+from biased_compression._transforms import words_to_bits
 
 __version__ = "0.1.0"
 
@@ -70,11 +76,13 @@ __all__ = (
   "EF21State",
   "ErrorFeedbackState",
   "MeanResult",
+  "Workers",
   "adaptive_random_sparsification",
   "abs_top_k",
   "b1_constants",
   "b2_constants",
   "b3_constants",
+  "bit_words",
   "bits_sent",
   "cast",
   "choose_method",
@@ -98,7 +106,9 @@ __all__ = (
   "rand_k",
   "scaled",
   "scaled_sign",
+  "shard",
   "sign",
+  "simulate",
   "simulated_update",
   "standard_compressors",
   "standard_dithering",
@@ -106,4 +116,6 @@ __all__ = (
   "top_k_natural_dithering",
   "traffic_bits",
   "wire_bytes",
+  "words_to_bits",
+  "worker_key",
 )

@@ -23,6 +23,8 @@ bits neither overflow int32 nor lose precision in float32. `bits_sent` reads the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import math
@@ -39,7 +41,15 @@ from biased_compression import _base
 from biased_compression import _collectives
 from biased_compression import _quantization
 
-__all__ = ["BitCount", "bits_sent", "device_update", "init_workers", "simulated_update"]
+__all__ = [
+  "BitCount",
+  "bit_words",
+  "bits_sent",
+  "device_update",
+  "init_workers",
+  "simulated_update",
+  "words_to_bits",
+]
 
 _WORD = 30  # bits per word of the exact counters
 _BASE = 1 << _WORD
@@ -147,23 +157,63 @@ def bits_sent(state: Any, *, last_step: bool = False, server: bool = False) -> i
     >>> bc.bits_sent(state)
     1000
   """
+  total = 0
+  for field in _bit_fields("bits_sent", state, last_step, server):
+    words = _value(field).astype(np.int64)
+    total = total + (words[..., 0] << _WORD) + words[..., 1]
+  return int(total) if np.ndim(total) == 0 else total
+
+
+def _bit_fields(fn: str, state: Any, last_step: bool, server: bool) -> list:
+  """The word arrays of every `BitCount` in ``state`` (uplink or server, step or total)."""
   counts = [
     node
     for node in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, BitCount))
     if isinstance(node, BitCount)
   ]
   if not counts:
-    raise ValueError("bits_sent: state holds no biased_compression transformation state")
-  total = 0
+    raise ValueError(f"{fn}: state holds no biased_compression transformation state")
+  fields = []
   for node in counts:
     if server:
       field = node.server_step if last_step else node.server_total
     else:
       field = node.step if last_step else node.total
-    if isinstance(field, tuple):  # no server in this transformation's method
-      continue
-    words = _value(field).astype(np.int64)
-    total = total + (words[..., 0] << _WORD) + words[..., 1]
+    if not isinstance(field, tuple):  # a tuple: no server in this transformation's method
+      fields.append(field)
+  return fields
+
+
+def bit_words(state: Any, *, last_step: bool = False, server: bool = False) -> jax.Array:
+  """`bits_sent` as exact int32 words, computable inside ``jit`` and ``lax.scan``.
+
+  The sum of every `BitCount` of ``state`` as an int32 array of shape ``(..., 2)``: (high,
+  low) words of ``high * 2**30 + low`` (one pair per worker for worker-stacked state). Log it
+  from a jitted training loop and convert on the host with `words_to_bits`; the options are
+  those of `bits_sent`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, biased_compression as bc
+    >>> tx = bc.compress(bc.sign())
+    >>> state = tx.init(jnp.zeros(1000))
+    >>> step = jax.jit(lambda s: tx.update(jnp.ones(1000), s)[1])
+    >>> words = jax.jit(bc.bit_words)(step(step(state)))
+    >>> bc.words_to_bits(words)
+    2000
+  """
+  fields = _bit_fields("bit_words", state, last_step, server)
+  if not fields:  # server=True for methods without a server
+    return jnp.zeros_like(_bit_fields("bit_words", state, last_step, False)[0])
+  total = fields[0]
+  for field in fields[1:]:
+    total = _words_add(total, field)
+  return total
+
+
+def words_to_bits(words: Any) -> int | np.ndarray:
+  """The exact bit count of `bit_words`'s int32 words (an int, or int64 per worker)."""
+  words = np.asarray(words).astype(np.int64)
+  total = (words[..., 0] << _WORD) + words[..., 1]
   return int(total) if np.ndim(total) == 0 else total
 
 
@@ -266,6 +316,26 @@ def simulated_update(tx: optax.GradientTransformation, axis_name: Any):
     return step(updates, state, params, extra_args)
 
   return update
+
+
+_AXES_IN_USE: contextvars.ContextVar[list | None] = contextvars.ContextVar("axes", default=None)
+
+
+@contextlib.contextmanager
+def recording_axes():
+  """Collects the ``axis_name`` of every transformation of the library traced in the block."""
+  seen: list = []
+  token = _AXES_IN_USE.set(seen)
+  try:
+    yield seen
+  finally:
+    _AXES_IN_USE.reset(token)
+
+
+def _record_axis(axis_name) -> None:
+  seen = _AXES_IN_USE.get()
+  if seen is not None:
+    seen.append(axis_name)
 
 
 def _varying_axes(x) -> frozenset | None:
@@ -843,6 +913,7 @@ def transformation(
 
   def update_fn(updates, state, params=None, *, participating=None, probability=None, **extra):
     del params, extra
+    _record_axis(axis_name)
     check_worker_state(fn, state, axis_name)
     for name in (axis_name, dense_axis_name):
       if name is not None:
