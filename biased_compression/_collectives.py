@@ -34,8 +34,10 @@ Methods (``method=``), for n workers and a payload of B bytes per worker:
 
 Participation: ``mask`` (this worker's bool) and optional ``probability`` (its p_i). Workers
 outside S send nothing useful (their payload is zeroed and weighted 0). The mean is
-(1/|S|) sum_{i in S} C_i, or with probabilities the unbiased (1/n) sum_{i in S} C_i / p_i.
-With no participant the mean is zero and the server error is kept.
+(1/|S|) sum_{i in S} C_i, or with probabilities the unbiased (1/n) sum_{i in S} C_i / p_i,
+or with explicit ``weights`` w_i the general sum_{i in S} w_i C_i (a decoding vector of a
+gradient code, for example). With no participant the mean is zero and the server error is
+kept.
 
 Traffic: `traffic_bits` gives the bits a worker sends per message (its uplink: the payload,
 or its n chunk payloads under two_stage) and, under two_stage and majority_vote, the bits it
@@ -186,12 +188,18 @@ def _axis_size(axis_name) -> int:
   return int(jax.lax.axis_size(axis_name))
 
 
-def _weights(axis_name, mask, probability):
+def _weights(axis_name, mask, probability, weights=None):
   """(this worker's weight, the normaliser or None) for the participation rule.
 
   With every worker participating the weights are constants and no collective is issued.
+  Explicit ``weights`` w_i give the aggregate sum_i w_i C_i as they are (zero where masked).
   """
   n = _axis_size(axis_name)
+  if weights is not None:
+    w = jnp.asarray(weights, jnp.float32)
+    if mask is not None:
+      w = jnp.where(jnp.asarray(mask, jnp.bool_), w, 0.0)
+    return w, None
   if mask is None and probability is None:
     return None, float(n)
   m = jnp.asarray(True if mask is None else mask, jnp.bool_)
@@ -344,6 +352,7 @@ def exchange(
   key: jax.Array | None,
   mask=None,
   probability=None,
+  weights=None,
   server_errors: Sequence[jax.Array] | None = None,
   fn: str = "compressed_mean",
 ):
@@ -352,7 +361,7 @@ def exchange(
   Returns (means, locals, new server errors), lists of float32 vectors.
   """
   n = _axis_size(axis_name)
-  w, total = _weights(axis_name, mask, probability)
+  w, total = _weights(axis_name, mask, probability, weights)
   if compressor.needs_key and key is not None and not shares_randomness(compressor):
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
   means, locals_, errors = [], [], []
@@ -387,6 +396,7 @@ def compressed_mean(
   method: str = "auto",
   mask: jax.Array | bool | None = None,
   probability: jax.Array | float | None = None,
+  weights: jax.Array | float | None = None,
   server_error: Any = None,
 ) -> MeanResult:
   """The mean over ``axis_name`` of the compressed leaves of ``tree``, with real traffic.
@@ -407,6 +417,11 @@ def compressed_mean(
     mask: whether this worker participates (default: all do).
     probability: this worker's participation probability p_i; given, the mean is the
       unbiased (1/n) sum_{i in S} C_i / p_i instead of the mean over S.
+    weights: this worker's weight w_i (a float, traced or not); given, the aggregate is
+      sum_{i in S} w_i C_i as it is: the general form of which the mean over S
+      (w_i = 1/|S|) and the importance weights (w_i = 1/(n p_i)) are cases, e.g. the
+      decoding coefficients of a gradient code for the current straggler set. Exclusive
+      with ``probability``.
     server_error: two_stage's server error, a float32 pytree shaped like ``tree`` (zeros at
       the start); each worker updates its own chunk of it.
 
@@ -423,6 +438,8 @@ def compressed_mean(
   if not isinstance(compressor, _base.Compressor):
     raise TypeError(f"compressed_mean: compressor must be a Compressor, got {compressor!r}")
   check_method("compressed_mean", method, compressor)
+  if weights is not None and probability is not None:
+    raise ValueError("compressed_mean: give weights or probability, not both")
   if compressor.needs_key and key is None:
     raise ValueError(f"compressed_mean: {compressor.name} is random and needs key=")
   leaves, treedef = jax.tree.flatten(tree)
@@ -439,6 +456,7 @@ def compressed_mean(
     key=key,
     mask=mask,
     probability=probability,
+    weights=weights,
     server_errors=errors,
   )
 

@@ -93,18 +93,11 @@ def compress(
   return _transforms.transformation(
     "compress",
     CompressState,
-    (),
     algorithm,
     compressor,
+    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
     contractive=False,
-    aggregate="mean",
-    seed=seed,
-    axis_name=axis_name,
-    scope=scope,
-    start_step=start_step,
-    min_size=min_size,
-    method=method,
-    dense_axis_name=dense_axis_name,
+    participation="mean",
   )
 
 
@@ -191,16 +184,11 @@ def diana(
   return _transforms.transformation(
     "diana",
     DianaState,
-    ("shift", "mean_shift"),
     algorithm,
     compressor,
+    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    worker_fields=("shift",),
+    server_fields=("mean_shift",),
     contractive=False,
-    aggregate="increment",
-    seed=seed,
-    axis_name=axis_name,
-    scope=scope,
-    start_step=start_step,
-    min_size=min_size,
-    method=method,
-    dense_axis_name=dense_axis_name,
+    participation="sum_over_n",
   )

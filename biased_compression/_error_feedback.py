@@ -21,6 +21,12 @@ Options shared by every transformation of the library:
   aggregation across workers.
 * ``seed``: the seed of the random operators (rand-k, dithering, ...).
 
+Every ``update`` also takes, with an axis name, per-worker extra arguments:
+``participating`` (this worker's bool: outside the step's set S it keeps its state and sends
+nothing), ``probability`` (its p_i: the aggregate becomes the unbiased (1/n) sum_S C_i / p_i)
+and ``weights`` (its w_i: the aggregate is sum_S w_i C_i as it is, e.g. a gradient code's
+decoding coefficients).
+
 Under ``optax.inject_hyperparams`` the numeric hyper-parameters (``momentum``, ``eta``,
 ``start_step``) can be injected; the compressor and ``min_size`` fix shapes and must be static:
 ``optax.inject_hyperparams(bc.ef21_sgdm, static_args=("compressor", "min_size"))``.
@@ -183,18 +189,12 @@ def error_feedback(
   return _transforms.transformation(
     "error_feedback",
     ErrorFeedbackState,
-    ("error",),
     algorithm,
     compressor,
+    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    worker_fields=("error",),
     contractive=True,
-    aggregate="mean",
-    seed=seed,
-    axis_name=axis_name,
-    scope=scope,
-    start_step=start_step,
-    min_size=min_size,
-    method=method,
-    dense_axis_name=dense_axis_name,
+    participation="mean",
   )
 
 
@@ -261,19 +261,14 @@ def ef21(
   return _transforms.transformation(
     "ef21",
     EF21State,
-    ("estimate", "mean_estimate"),
     algorithm,
     compressor,
+    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    worker_fields=("estimate",),
+    server_fields=("mean_estimate",),
     contractive=True,
-    aggregate="increment",
+    participation="sum_over_n",
     dense_first_step=init == "dense",
-    seed=seed,
-    axis_name=axis_name,
-    scope=scope,
-    start_step=start_step,
-    min_size=min_size,
-    method=method,
-    dense_axis_name=dense_axis_name,
   )
 
 
@@ -333,18 +328,13 @@ def ef21_sgdm(
   return _transforms.transformation(
     "ef21_sgdm",
     EF21SGDMState,
-    ("momentum", "estimate", "mean_estimate"),
     algorithm,
     compressor,
+    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    worker_fields=("momentum", "estimate"),
+    server_fields=("mean_estimate",),
     contractive=True,
-    aggregate="increment",
-    seed=seed,
-    axis_name=axis_name,
-    scope=scope,
-    start_step=start_step,
-    min_size=min_size,
-    method=method,
-    dense_axis_name=dense_axis_name,
+    participation="sum_over_n",
   )
 
 
@@ -405,16 +395,11 @@ def econtrol(
   return _transforms.transformation(
     "econtrol",
     EControlState,
-    ("error", "estimate", "mean_estimate"),
     algorithm,
     compressor,
+    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    worker_fields=("error", "estimate"),
+    server_fields=("mean_estimate",),
     contractive=True,
-    aggregate="increment",
-    seed=seed,
-    axis_name=axis_name,
-    scope=scope,
-    start_step=start_step,
-    min_size=min_size,
-    method=method,
-    dense_axis_name=dense_axis_name,
+    participation="sum_over_n",
   )

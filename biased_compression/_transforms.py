@@ -470,18 +470,46 @@ def check_options(fn: str, *, scope, start_step, min_size, seed, axis_name) -> N
       ) from None
 
 
-def check_common(fn, compressor, seed, axis_name, scope, start_step, min_size, method, dense):
-  """Checks the options every transformation shares."""
-  check_compressor(fn, compressor)
-  check_options(
-    fn, scope=scope, start_step=start_step, min_size=min_size, seed=seed, axis_name=axis_name
-  )
-  _collectives.check_method(fn, method, compressor)
-  if dense is not None and axis_name is None:
-    raise ValueError(
-      f"{fn}: dense_axis_name={dense!r} (the fast axis, reduced uncompressed) needs "
-      "axis_name (the slow axis, reduced compressed)"
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The options every transformation shares, as one value (see `error_feedback`).
+
+  Attributes:
+    seed: seed of the operator's randomness.
+    axis_name: the worker axis; None for one worker.
+    scope: ``"leaf"`` or ``"global"``.
+    start_step: dense steps before compression starts (may be traced under
+      ``inject_hyperparams``).
+    min_size: leaves smaller than this are sent dense (static).
+    method: how the mean over ``axis_name`` travels (`compressed_mean`).
+    dense_axis_name: a fast axis averaged uncompressed first, or None.
+  """
+
+  seed: Any = 0
+  axis_name: Any = None
+  scope: str = "leaf"
+  start_step: Any = 0
+  min_size: int = 0
+  method: str = "auto"
+  dense_axis_name: Any = None
+
+  def check(self, fn: str, compressor) -> None:
+    """Raises a ValueError naming the option and its value (before anything is traced)."""
+    check_compressor(fn, compressor)
+    check_options(
+      fn,
+      scope=self.scope,
+      start_step=self.start_step,
+      min_size=self.min_size,
+      seed=self.seed,
+      axis_name=self.axis_name,
     )
+    _collectives.check_method(fn, self.method, compressor)
+    if self.dense_axis_name is not None and self.axis_name is None:
+      raise ValueError(
+        f"{fn}: dense_axis_name={self.dense_axis_name!r} (the fast axis, reduced uncompressed) "
+        "needs axis_name (the slow axis, reduced compressed)"
+      )
 
 
 def check_dtypes(fn: str, updates, leaves) -> None:
@@ -651,10 +679,13 @@ class Step:
     method: str = "auto",
     participating=None,
     probability=None,
+    weights=None,
     server_error: list[jax.Array] | None = None,
     fn: str = "transformation",
   ):
     self.fn = fn
+    self.weights = weights
+    self.exchanges = 0  # how many times this step exchanged: each one sends the plan's bits
     self.compressor = compressor
     self.plan = plan
     self.count = count
@@ -710,6 +741,7 @@ class Step:
       key=None,
       mask=self.participating,
       probability=self.probability,
+      weights=self.weights,
     )
     out = list(values)
     return self._scatter(out, (indices,), means)
@@ -736,6 +768,7 @@ class Step:
       key=self.key,
       mask=self.participating,
       probability=self.probability,
+      weights=self.weights,
       server_errors=errors,
       fn=self.fn,
     )
@@ -750,8 +783,15 @@ class Step:
     """(this worker's decoded message C(m), the aggregate over workers), float32 lists.
 
     During warm-up both are the dense message. The server error (two_stage) is updated in
-    ``self.server_error``.
+    ``self.server_error``. An algorithm may exchange several times per step (each exchange
+    counts its bits); two_stage's one server error allows a single exchange.
     """
+    if self.exchanges and self.server_error is not None:
+      raise ValueError(
+        f"{self.fn}: method='two_stage' keeps one server error per step, so an algorithm that "
+        "exchanges more than once per step cannot use it; use method='all_gather'"
+      )
+    self.exchanges += 1
     err = self.server_error
     if self.compressing is None:
       local, mean, err = self._compressed(messages, err)
@@ -771,11 +811,12 @@ class Step:
         step = jnp.where(self.participating, step, jnp.zeros_like(step))
       return step
 
+    k = self.exchanges
     server = None
     if self.plan.bits_server is not None:
       # a dense warm-up step is one all-reduce: no server sends anything
-      server = count(self.plan.bits_server, 0)
-    return bits_add(bits, count(self.plan.bits_compressed, self.plan.bits_dense), server)
+      server = count(k * self.plan.bits_server, 0)
+    return bits_add(bits, count(k * self.plan.bits_compressed, k * self.plan.bits_dense), server)
 
   def where_compressing(self, compressed, dense):
     """Selects a value by the step's branch (``compressed`` when there is no warm-up)."""
@@ -863,39 +904,48 @@ def document_methods(message: str):
 Algorithm = Any
 
 
+PARTICIPATION = ("mean", "sum_over_n")
+
+
 def transformation(
   fn: str,
   state_cls: type,
-  fields: Sequence[str],
   algorithm: Algorithm,
   compressor: _base.Compressor,
+  options: Options,
   *,
-  seed,
-  axis_name,
-  scope: str,
-  start_step,
-  min_size: int,
-  method: str,
-  dense_axis_name,
+  worker_fields: Sequence[str] = (),
+  server_fields: Sequence[str] = (),
   contractive: bool,
-  aggregate: str,
+  participation: str,
   dense_first_step: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """Builds a transformation whose state is
-  ``state_cls(count, rng_key, *fields, server_error, bits)``.
+  """Builds a transformation whose state is ``state_cls(count, rng_key, <worker fields>,
+  <server fields>, server_error, bits)`` (the field order is the state class's).
 
-  Every entry of ``fields`` is a float32 pytree shaped like the updates (errors, estimates,
-  shifts), zero at initialisation; those not starting with ``mean_`` belong to the worker
-  and are kept unchanged when it does not participate. ``aggregate`` is ``"mean"`` (the
-  output is the mean over the participants S, or (1/n) sum_S C_i / p_i) or ``"increment"``
-  (the server's estimate moves by (1/n) sum_S c_i, so it stays the mean of the workers'
-  estimates; or (1/n) sum_S c_i / p_i given probabilities). The shared options are checked
-  here, when the factory runs; ``dense_first_step`` makes the first step dense whatever
-  ``start_step`` is.
+  Every field is a float32 pytree shaped like the updates, zero at initialisation. Worker
+  fields (errors, estimates, shifts of worker i) are kept unchanged when the worker does not
+  participate; server fields (the server's mean estimate, identical on every worker) are
+  updated by everyone. ``algorithm(step, u, fields) -> (out, new fields)`` receives the
+  updates as float32 leaves and the fields as ``{name: leaves}``, and calls
+  ``step.exchange(messages)`` once or more (each exchange sends and counts its bits).
+
+  The aggregate of an exchange is sum_i w_i C_i with per-worker weights: explicit ones given
+  to ``update(..., weights=w_i)`` (e.g. a gradient code's decoding coefficients), else
+  derived from ``participating`` / ``probability`` by ``participation``: ``"mean"`` gives
+  the mean over the participants S (or the unbiased (1/n) sum_S C_i / p_i with
+  probabilities); ``"sum_over_n"`` gives (1/n) sum_S c_i (or (1/n) sum_S c_i / p_i), so a
+  server estimate moved by it stays the mean of the workers' estimates. The options are
+  checked here, when the factory runs; ``dense_first_step`` makes the first step dense
+  whatever ``start_step`` is.
   """
-  check_common(
-    fn, compressor, seed, axis_name, scope, start_step, min_size, method, dense_axis_name
-  )
+  options.check(fn, compressor)
+  if participation not in PARTICIPATION:
+    raise ValueError(f"{fn}: participation must be one of {PARTICIPATION}, got {participation!r}")
+  fields = tuple(worker_fields) + tuple(server_fields)
+  seed, axis_name, scope = options.seed, options.axis_name, options.scope
+  start_step, min_size, method = options.start_step, options.min_size, options.method
+  dense_axis_name = options.dense_axis_name
   if dense_first_step:
     start_step = _at_least_one(start_step)
   needs_server_error = axis_name is not None and method == "two_stage"
@@ -911,15 +961,22 @@ def transformation(
       bits=bits_init(server=has_server),
     )
 
-  def update_fn(updates, state, params=None, *, participating=None, probability=None, **extra):
+  def update_fn(
+    updates, state, params=None, *, participating=None, probability=None, weights=None, **extra
+  ):
     del params, extra
     _record_axis(axis_name)
     check_worker_state(fn, state, axis_name)
     for name in (axis_name, dense_axis_name):
       if name is not None:
         check_bound(fn, name)
-    if axis_name is None and (participating is not None or probability is not None):
-      raise ValueError(f"{fn}: participating / probability need an axis_name (the workers)")
+    weighted = participating is not None or probability is not None or weights is not None
+    if axis_name is None and weighted:
+      raise ValueError(
+        f"{fn}: participating / probability / weights need an axis_name (the workers)"
+      )
+    if weights is not None and probability is not None:
+      raise ValueError(f"{fn}: give weights or probability, not both")
     leaves, treedef = flatten(updates)
     check_dtypes(fn, updates, leaves)
     if dense_axis_name is not None:
@@ -933,7 +990,7 @@ def transformation(
         check_contractive(fn, compressor, plan.group_size(group))
     if participating is not None:
       participating = jnp.asarray(participating, jnp.bool_)
-      if aggregate == "increment" and probability is None:
+      if participation == "sum_over_n" and probability is None and weights is None:
         probability = 1.0
     next_key, step_key = split_key(state.rng_key)
     step = Step(
@@ -946,17 +1003,17 @@ def transformation(
       method=method,
       participating=participating,
       probability=probability,
+      weights=weights,
       server_error=flatten(state.server_error)[0] if needs_server_error else None,
       fn=fn,
     )
     old = {name: flatten(getattr(state, name))[0] for name in fields}
     out, new = algorithm(step, to_f32(leaves), old)
     if participating is not None:
-      for name in fields:
-        if not name.startswith("mean_"):
-          new[name] = [
-            jnp.where(participating, a, b) for a, b in zip(new[name], old[name], strict=True)
-          ]
+      for name in worker_fields:
+        new[name] = [
+          jnp.where(participating, a, b) for a, b in zip(new[name], old[name], strict=True)
+        ]
     new_state = state_cls(
       count=optax.safe_increment(state.count),
       rng_key=next_key,

@@ -428,7 +428,7 @@ def test_mesh_size_must_match_the_worker_axis():
 
 def test_participation_needs_an_axis():
   tx = bc.compress(bc.sign())
-  with pytest.raises(ValueError, match="participating / probability need an axis_name"):
+  with pytest.raises(ValueError, match="participating / probability / weights need an axis_name"):
     tx.update(jnp.ones(4), tx.init(jnp.ones(4)), participating=True)
 
 

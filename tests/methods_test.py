@@ -359,3 +359,70 @@ def test_bits_sent_equals_the_collectives_operands(family, method):
     chunk = c.for_chunks(D, N)
     assert int(up[0]) == N * chunk.payload_bits(D // N) + dense
     assert int(down[0]) == chunk.payload_bits(D // N)
+
+
+# -- the skeleton: general weights, several exchanges per step --------------------------------
+
+
+def test_explicit_weights_give_the_weighted_sum():
+  """weights=w_i (a decoding vector, say) aggregates sum_{i in S} w_i C_i, in compressed_mean
+  and in the transformations; masked workers count nothing."""
+  c = bc.top_k(k=16)
+  grads = _grads(8)
+  w = jnp.linspace(-1.0, 2.0, N)
+  mask = jnp.arange(N) != 2
+  msgs = np.array([np.asarray(c.compress(g)) for g in grads])
+  want = np.einsum("i,id->d", np.where(mask, w, 0.0), msgs)
+  got = jax.jit(
+    jax.vmap(lambda g, wi, m: bc.compressed_mean(g, c, "w", weights=wi, mask=m).mean, axis_name="w")
+  )(grads, w, mask)[0]
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  workers = bc.simulate(bc.compress(c, axis_name="w"), N, axis_name="w")
+  out, state = jax.jit(workers.update)(
+    grads, workers.init(jnp.zeros(D)), weights=w, participating=mask
+  )
+  np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(bc.bits_sent(state) > 0, np.asarray(mask))
+  # EF21's server estimate moves by the weighted sum, its workers' estimates by their own c_i
+  ef21 = bc.simulate(bc.ef21(c, axis_name="w"), N, axis_name="w")
+  out, state = jax.jit(ef21.update)(grads, ef21.init(jnp.zeros(D)), weights=w)
+  np.testing.assert_allclose(out, np.einsum("i,id->d", w, msgs), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(state.estimate, msgs, rtol=1e-6)
+  with pytest.raises(ValueError, match="weights or probability, not both"):
+    jax.vmap(
+      lambda g: bc.compressed_mean(g, c, "w", weights=1.0, probability=0.5).mean, axis_name="w"
+    )(grads)
+
+
+def _twice(method):
+  """A transformation that exchanges twice per step: out = mean C(u) + mean C(u - C(u))."""
+  from biased_compression import _transforms
+
+  def algorithm(step, u, fields):
+    first, mean1 = step.exchange(u)
+    _, mean2 = step.exchange([a - b for a, b in zip(u, first, strict=True)])
+    return [a + b for a, b in zip(mean1, mean2, strict=True)], {}
+
+  return _transforms.transformation(
+    "twice",
+    bc.CompressState,
+    algorithm,
+    bc.top_k(k=16),
+    _transforms.Options(axis_name="w", method=method),
+    contractive=False,
+    participation="mean",
+  )
+
+
+def test_several_exchanges_per_step_count_their_bits():
+  grads = _grads(9)
+  workers = bc.simulate(_twice("all_gather"), N, axis_name="w")
+  out, state = jax.jit(workers.update)(grads, workers.init(jnp.zeros(D)))
+  c = bc.top_k(k=16)
+  first = [np.asarray(c.compress(g)) for g in grads]
+  second = [np.asarray(c.compress(g - f)) for g, f in zip(grads, first, strict=True)]
+  np.testing.assert_allclose(out, np.mean(first, 0) + np.mean(second, 0), rtol=1e-5, atol=1e-6)
+  assert (bc.bits_sent(state) == 2 * c.payload_bits(D)).all()
+  with pytest.raises(ValueError, match="exchanges more than once per step cannot use it"):
+    two = bc.simulate(_twice("two_stage"), N, axis_name="w")
+    two.update(grads, two.init(jnp.zeros(D)))
