@@ -30,7 +30,9 @@ import abc
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -98,8 +100,12 @@ class Compressor(abc.ABC):
     Returns:
       The payload; ``decode(payload, x.shape, x.dtype)`` equals ``compress(x)``.
     """
+    x = _as_array(x)
+    traced = _traced(x, key)
     x = check_input(x, self)
     key = self._check_key(key)
+    if not traced and (fns := _eager_fns(self)) is not None:
+      return fns.encode(x, key)
     return self._encode(x.reshape(-1), key)
 
   def decode(
@@ -121,10 +127,27 @@ class Compressor(abc.ABC):
       raise TypeError(f"{self.name}.decode: dtype must be one of {_dtype_names()}, got {dtype}")
     d = math.prod(shape)
     _check_payload(self, payload, d, dtype)
+    # A key that is not one is left to the implementation, which ignores it or fails as before.
+    if (key is None or _is_key(key)) and not _traced(payload, key):
+      if (fns := _eager_fns(self)) is not None:
+        return fns.decode(payload, key, shape, dtype)
     return self._decode(payload, d, dtype, key).reshape(shape)
 
   def compress(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
-    """Returns C(x), with the shape and dtype of ``x``; equals ``decode(encode(x))``."""
+    """Returns C(x), with the shape and dtype of ``x``; equals ``decode(encode(x))``.
+
+    Called outside a trace (no argument is a tracer), `compress`, `encode` and `decode` check
+    their arguments and then run a jitted copy of themselves, cached per compressor and
+    compiled once per shape and dtype, so that eager calls cost what jitted ones do and give
+    the same bits. Inside ``jax.jit``, ``vmap``, ``grad`` or ``shard_map`` they are traced
+    into the caller's program.
+    """
+    x = _as_array(x)
+    if not _traced(x, key):
+      x = check_input(x, self)
+      self._check_key(key)
+      if (fns := _eager_fns(self)) is not None:
+        return fns.compress(x, key)
     payload = self.encode(x, key=key)
     return self.decode(payload, jnp.shape(x), jnp.result_type(x), key=key)
 
@@ -209,6 +232,54 @@ class Compressor(abc.ABC):
     return key if self.needs_key else None
 
 
+def _as_array(x):
+  """Python lists and tuples as arrays: `check_input` reads the dtype, which they lack."""
+  return jnp.asarray(x) if isinstance(x, (list, tuple)) else x
+
+
+def _traced(*trees) -> bool:
+  """Whether any leaf is a tracer, i.e. the call is being traced by jit, vmap, grad, scan..."""
+  return any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(trees))
+
+
+class _EagerFns(NamedTuple):
+  compress: Callable[..., jax.Array]
+  encode: Callable[..., Payload]
+  decode: Callable[..., jax.Array]
+
+
+def _eager_fns(compressor: Compressor) -> _EagerFns | None:
+  """The jitted methods that eager calls dispatch to, or None for an unhashable compressor.
+
+  Run op by op, an operator dispatches dozens of small XLA computations per call (tenths of a
+  second, seconds on the first call); jitted, it compiles once per input shape and dtype
+  (jit's own cache) and then runs in microseconds. The methods run inside the jit on tracers,
+  so they take the traced path and give the results of a user's own ``jax.jit``.
+  """
+  try:
+    return _jit_methods(compressor)
+  except TypeError:  # unhashable, e.g. a user's compressor that is not a frozen dataclass
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _jit_methods(compressor: Compressor) -> _EagerFns:
+  def eager_compress(x, key):
+    return compressor.compress(x, key=key)
+
+  def eager_encode(x, key):
+    return compressor.encode(x, key=key)
+
+  def eager_decode(payload, key, shape, dtype):
+    return compressor.decode(payload, shape, dtype, key=key)
+
+  return _EagerFns(
+    compress=jax.jit(eager_compress),
+    encode=jax.jit(eager_encode),
+    decode=jax.jit(eager_decode, static_argnums=(2, 3)),
+  )
+
+
 def _is_key(key) -> bool:
   """A typed PRNG key, or a raw uint32 key array (shape (..., 2) for threefry)."""
   dtype = getattr(key, "dtype", None)
@@ -225,24 +296,28 @@ def _payload_shapes(compressor: Compressor, d: int, dtype) -> tuple:
   key = jax.random.key(0) if compressor.needs_key else None
   out = jax.eval_shape(lambda x: compressor.encode(x, key=key), spec)
   leaves, treedef = jax.tree.flatten(out)
-  return treedef, tuple(leaf.shape for leaf in leaves)
+  return treedef, tuple((leaf.shape, jnp.dtype(leaf.dtype)) for leaf in leaves)
 
 
 def _check_payload(compressor: Compressor, payload, d: int, dtype) -> None:
   """decode(payload, shape) must get the payload of a d-element input: else a clear error.
 
-  The wire format does not carry d, so a payload whose shapes are the same for two sizes (a
-  fixed k, or bit planes of the same byte count) cannot be told apart; every other mismatch
-  is caught here, at trace time.
+  The wire format does not carry d, so a payload whose arrays are the same for two sizes (a
+  fixed k with indices of the same width, or bit planes of the same byte count) cannot be
+  told apart; every other mismatch is caught here, at trace time.
   """
   treedef, shapes = _payload_shapes(compressor, d, dtype)
   leaves, got_def = jax.tree.flatten(payload)
-  got = tuple(jnp.shape(leaf) for leaf in leaves)
+  got = tuple((jnp.shape(leaf), jnp.dtype(jnp.result_type(leaf))) for leaf in leaves)
   if got_def != treedef or got != shapes:
+
+    def show(specs):
+      return ", ".join(f"{t.name}{list(s)}" for s, t in specs)
+
     raise ValueError(
-      f"{compressor.name}.decode: the payload does not come from a {d}-element input (the "
-      f"shape given to decode): expected payload shapes {shapes}, got {got}; pass the shape "
-      "of the array that was encoded"
+      f"{compressor.name}.decode: the payload does not come from a {d}-element {dtype} input "
+      f"(the shape and dtype given to decode): expected payload arrays {show(shapes)}, got "
+      f"{show(got)}; pass the shape and dtype of the array that was encoded"
     )
 
 
