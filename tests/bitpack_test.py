@@ -10,8 +10,15 @@ from hypothesis import strategies as st
 
 from biased_compression import _bitpack
 
+# by default the widths at and around the byte boundaries (two compilations each); all in the
+# full run
+FAST_WIDTHS = {1, 2, 7, 8, 9, 16, 17, 31, 32}
 
-@pytest.mark.parametrize("bits", range(1, 33))
+
+WIDTHS = [pytest.param(b, marks=() if b in FAST_WIDTHS else pytest.mark.slow) for b in range(1, 33)]
+
+
+@pytest.mark.parametrize("bits", WIDTHS)
 @pytest.mark.parametrize("n", [1, 9, 1001])
 def test_round_trip_every_width(bits, n):
   rng = np.random.default_rng(bits * 1000 + n)
@@ -55,6 +62,7 @@ def test_unpack_checks_the_size():
     _bitpack.unpack(jnp.zeros(3, jnp.uint8), 4, 8)
 
 
+@pytest.mark.slow  # 30 random widths and lengths, each compiled anew
 @settings(max_examples=30, deadline=None)
 @given(st.integers(1, 32), st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=70))
 def test_round_trip_property(bits, values):

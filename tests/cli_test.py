@@ -43,6 +43,7 @@ def compressors_output() -> str:
   return out.getvalue()
 
 
+@pytest.mark.slow  # the fixture compiles and runs every registry entry: about 25 s
 def test_compressors_prints_every_registry_entry(compressors_output):
   assert compressors_output.startswith("d = 512;")
   header = next(line for line in compressors_output.splitlines() if line.startswith("name"))
@@ -57,6 +58,7 @@ def test_compressors_prints_every_registry_entry(compressors_output):
   assert rows["sign"][-4] == "1.00"  # bits per coordinate
 
 
+@pytest.mark.slow  # (the same fixture)
 def test_compressors_top_k_error_matches_direct_computation(compressors_output):
   x = np.asarray(_vectors.test_vectors(512, seed=0)["gaussian"], np.float64)
   energy = np.sort(x * x)[::-1]
@@ -81,6 +83,7 @@ def test_no_subcommand_runs_compressors_with_defaults(monkeypatch):
   assert seen["dim"] is None and seen["draws"] == 4 and seen["seed"] == 0
 
 
+@pytest.mark.slow  # a benchmark run
 def test_bench_compressors_writes_json(tmp_path, capsys):
   path = tmp_path / "x.json"
   argv = ["bench", "compressors", "--sizes", "2^10", "--repeats", "1", "--only", "sign,top_k"]
@@ -105,6 +108,7 @@ def test_bench_compressors_writes_json(tmp_path, capsys):
   assert results[0]["bits_per_coord"] == 1.0
 
 
+@pytest.mark.slow  # a benchmark run
 def test_bench_topk_writes_json(tmp_path, capsys):
   path = tmp_path / "topk.json"
   argv = ["bench", "topk", "--sizes", "2**12", "--ratios", "0.01", "--repeats", "1"]
@@ -409,6 +413,7 @@ def test_model_notes_name_the_measured_dim_and_warn_only_below_2_20():
   assert not rows[0]["compression_overhead_dominated"]
 
 
+@pytest.mark.slow  # the benchmark's vectors: trains the MLP (for its gradient) four times
 def test_vectors_are_deterministic_float32_and_finite():
   a = _vectors.test_vectors(300, seed=3)
   b = _vectors.test_vectors(300, seed=3)

@@ -51,6 +51,7 @@ def test_notebook_has_no_outputs(path):
     assert cell.get("execution_count") is None, f"{path.name}: code cell {i} has a count"
 
 
+@pytest.mark.slow  # each notebook trains and plots: 20 s or so on 2 cores
 @pytest.mark.parametrize("path", _NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, monkeypatch):
   monkeypatch.setenv("BC_NOTEBOOK_DIM", "1024")

@@ -2,6 +2,8 @@
 traffic read from the compiled program equals the analytic bits, float32 sums, masks,
 hierarchical meshes, Orbax restore of per-device state, and clear errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,11 +26,21 @@ def _put(tree, mesh, spec):
 
 
 def _grads(key, steps, n=N):
-  keys = jax.random.split(jax.random.key(key), (steps, n, 2))
+  return _draw_grads(jax.random.key(key), steps, n)
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))  # one compilation per (steps, n)
+def _draw_grads(key, steps, n):
+  keys = jax.random.split(key, (steps, n, 2))
   return {
     "a": jax.vmap(jax.vmap(lambda k: jax.random.normal(k[0], SHAPES["a"])))(keys),
     "b": jax.vmap(jax.vmap(lambda k: jax.random.normal(k[1], SHAPES["b"])))(keys),
   }
+
+
+def _jit_compress(c):
+  """``c.compress`` under jit, for the per-worker references (one compilation per shape)."""
+  return jax.jit(lambda x, key=None: c.compress(x, key=key))
 
 
 def _params():
@@ -112,9 +124,23 @@ CASES = [
   ),
 ]
 PARAMS = [(name, make, m) for name, make, methods in CASES for m in methods]
+# by default one case per method (two compilations on 8 devices each); the full run has all
+FAST = {
+  ("compress", "all_gather"),
+  ("error_feedback", "two_stage"),
+  ("compress_sign", "majority_vote"),
+  ("compress_shared", "psum"),
+}
 
 
-@pytest.mark.parametrize("name, make, method", PARAMS, ids=[f"{n}-{m}" for n, _, m in PARAMS])
+@pytest.mark.parametrize(
+  "name, make, method",
+  [
+    pytest.param(n, make, m, marks=() if (n, m) in FAST else pytest.mark.slow)
+    for n, make, m in PARAMS
+  ],
+  ids=[f"{n}-{m}" for n, _, m in PARAMS],
+)
 def test_shard_map_equals_vmap_simulation(name, make, method):
   steps = 3
   grads = _grads(1, steps)
@@ -131,7 +157,9 @@ def test_shard_map_equals_vmap_simulation(name, make, method):
     )
 
 
-@pytest.mark.parametrize("method", ["all_gather", "two_stage"])
+@pytest.mark.parametrize(
+  "method", ["all_gather", pytest.param("two_stage", marks=pytest.mark.slow)]
+)  # the pmap path once by default: the methods themselves are the shard_map tests' subject
 def test_pmap_agrees(method):
   steps = 2
   grads = _grads(2, steps)
@@ -146,13 +174,16 @@ def test_all_gather_is_the_exact_mean_of_the_messages():
   x = jax.random.normal(jax.random.key(3), (N, 300))
   c = bc.natural_dithering(3)
   key = jax.random.key(4)
-  got = jax.vmap(
-    lambda v: bc.compressed_mean(v, c, "w", key=key, method="all_gather").mean, axis_name="w"
+  got = jax.jit(
+    jax.vmap(
+      lambda v: bc.compressed_mean(v, c, "w", key=key, method="all_gather").mean, axis_name="w"
+    )
   )(x)[0]
   # each worker's key is the shared key with its axis index folded in (then the leaf index)
+  compress = _jit_compress(c)
   ref = np.mean(
     [
-      np.asarray(c.compress(x[i], key=jax.random.fold_in(jax.random.fold_in(key, i), 0)))
+      np.asarray(compress(x[i], key=jax.random.fold_in(jax.random.fold_in(key, i), 0)))
       for i in range(N)
     ],
     0,
@@ -162,9 +193,11 @@ def test_all_gather_is_the_exact_mean_of_the_messages():
 
 def test_majority_vote_is_the_sign_of_the_sum_of_signs():
   x = jax.random.normal(jax.random.key(5), (N, 1000))
-  got = jax.vmap(
-    lambda v: bc.compressed_mean(v, bc.sign(), "w", method="majority_vote").mean,
-    axis_name="w",
+  got = jax.jit(
+    jax.vmap(
+      lambda v: bc.compressed_mean(v, bc.sign(), "w", method="majority_vote").mean,
+      axis_name="w",
+    )
   )(x)[0]
   votes = np.sign(np.asarray(x)).sum(0)
   np.testing.assert_array_equal(got, np.where(votes >= 0, 1.0, -1.0))
@@ -178,6 +211,7 @@ def _traffic(fn, x, mesh):
   return bc.wire_bytes(f, _put(x, mesh, P("w")))
 
 
+@pytest.mark.slow  # a large size (d = 2^20): its small-size counterparts run by default
 def test_two_stage_scaled_sign_sends_one_bit_per_coordinate():
   d = 2**20
   mesh = _mesh()
@@ -199,7 +233,7 @@ def test_two_stage_scaled_sign_sends_one_bit_per_coordinate():
   assert 30 <= dense_sent / sent <= 32.5
 
 
-@pytest.mark.parametrize("d", [1000, 2**16])
+@pytest.mark.parametrize("d", [1000, pytest.param(2**16, marks=pytest.mark.slow)])
 def test_all_gather_top_k_traffic_is_n_minus_1_payloads(d):
   c = bc.top_k(0.01)
   mesh = _mesh()
@@ -236,13 +270,15 @@ def test_transformation_traffic_matches_bits_sent():
 @pytest.mark.parametrize("c", [bc.identity(), bc.cast(jnp.float16), bc.top_k(0.5)], ids=str)
 def test_half_precision_is_summed_in_float32(method, c):
   x = jnp.full((N, 64), 30000.0, jnp.float16)  # the sum, 240000, overflows float16
-  got = jax.vmap(
-    lambda v: (
-      bc.compressed_mean(
-        v, c, "w", method=method, server_error=jnp.zeros(64) if method == "two_stage" else None
-      ).mean
-    ),
-    axis_name="w",
+  got = jax.jit(
+    jax.vmap(
+      lambda v: (
+        bc.compressed_mean(
+          v, c, "w", method=method, server_error=jnp.zeros(64) if method == "two_stage" else None
+        ).mean
+      ),
+      axis_name="w",
+    )
   )(x)
   assert got.dtype == jnp.float32  # the aggregate is float32 whatever the wire dtype
   kept = np.asarray(got[0])
@@ -282,8 +318,9 @@ def test_masked_workers_keep_their_error(method):
   if method == "all_gather":
     # the mean over the three participants of their compressed messages
     p = jax.tree.map(lambda g, e: g + e, _step(grads, 1), state.error)
+    compress = _jit_compress(bc.top_k(k=8))
     for leaf in SHAPES:
-      msgs = [bc.top_k(k=8).compress(p[leaf][i]) for i in range(3)]
+      msgs = [compress(p[leaf][i]) for i in range(3)]
       np.testing.assert_allclose(out[leaf][0], np.mean(msgs, 0), rtol=1e-6, atol=1e-7)
 
 
@@ -293,8 +330,8 @@ def test_all_masked_gives_zero_and_no_nan(method):
   tx = bc.error_feedback(c, axis_name="w", method=method)
   params = _params()
   state = bc.init_workers(tx, params, N)
-  step = jax.vmap(
-    lambda g, s, m: tx.update(g, s, participating=m), in_axes=(0, 0, 0), axis_name="w"
+  step = jax.jit(
+    jax.vmap(lambda g, s, m: tx.update(g, s, participating=m), in_axes=(0, 0, 0), axis_name="w")
   )
   out, new = step(_step(_grads(7, 1), 0), state, jnp.zeros(N, bool))
   for leaf in jax.tree.leaves(out):
@@ -310,11 +347,16 @@ def test_importance_weights():
   mask = jnp.array([1, 0, 1, 1, 0, 0, 1, 0], bool)
   prob = jnp.linspace(0.2, 0.9, N)
   c = bc.top_k(0.2)
-  got = jax.vmap(
-    lambda v, m, p: bc.compressed_mean(v, c, "w", method="all_gather", mask=m, probability=p).mean,
-    axis_name="w",
+  got = jax.jit(
+    jax.vmap(
+      lambda v, m, p: (
+        bc.compressed_mean(v, c, "w", method="all_gather", mask=m, probability=p).mean
+      ),
+      axis_name="w",
+    )
   )(x, mask, prob)[0]
-  ref = sum(np.asarray(c.compress(x[i])) / float(prob[i]) for i in range(N) if mask[i]) / N
+  compress = _jit_compress(c)
+  ref = sum(np.asarray(compress(x[i])) / float(prob[i]) for i in range(N) if mask[i]) / N
   np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
 
 
@@ -347,7 +389,7 @@ def test_hierarchical_compresses_only_the_slow_axis():
   # reference: two workers whose updates are their host's mean gradient
   host_means = jax.tree.map(lambda x: x.mean(1), grads)
   flat = bc.error_feedback(c, axis_name="w", method="all_gather")
-  ref, _ = jax.vmap(flat.update, in_axes=(0, 0), axis_name="w")(
+  ref, _ = jax.jit(jax.vmap(flat.update, in_axes=(0, 0), axis_name="w"))(
     host_means, bc.init_workers(flat, params, hosts)
   )
   for leaf in SHAPES:
@@ -362,6 +404,7 @@ def test_hierarchical_compresses_only_the_slow_axis():
 # -- checkpoints of per-device state ---------------------------------------------------------
 
 
+@pytest.mark.slow  # an Orbax save and restore (its threads and files): an integration test
 def test_orbax_saves_every_device_state(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   steps = 4

@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPRESENTATIVES
+from conftest import registry_params
 from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
@@ -18,7 +20,12 @@ import biased_compression as bc
 REGISTRY = bc.standard_compressors()
 NAMES = sorted(REGISTRY)
 DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
+# The registry's dtype sweeps: float32 by default, half precision in the full run (the
+# quantisers' half-precision paths run by default in edge_values_test).
+SWEPT_DTYPES = [DTYPES[0], *(pytest.param(t, marks=pytest.mark.slow) for t in DTYPES[1:])]
 KEY = jax.random.key(42)
+# The sweeps over the registry run every entry in the full run, one per family by default.
+SWEEP = registry_params(NAMES)
 
 # Operators whose output can exceed max|x| (unbiased rescaling by d/k, a norm as the level
 # scale): for them, inputs near the float maximum have no representable C(x).
@@ -58,8 +65,12 @@ def _round_trip(c, x, key=KEY):
   return payload, decode(payload, key, x.shape, jnp.dtype(x.dtype))
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: jnp.dtype(t).name)
+def test_representatives_are_registry_entries():
+  assert set(REPRESENTATIVES) <= set(NAMES)
+
+
+@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("dtype", SWEPT_DTYPES, ids=lambda t: jnp.dtype(t).name)
 def test_round_trip_bits_and_dtype(name, dtype):
   c = REGISTRY[name]
   x = (jax.random.normal(jax.random.key(1), (3, 37)) * 3).astype(dtype)
@@ -75,7 +86,7 @@ def test_round_trip_bits_and_dtype(name, dtype):
   assert bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 def test_payload_shapes_depend_only_on_size(name):
   c = REGISTRY[name]
   shapes = []
@@ -86,7 +97,7 @@ def test_payload_shapes_depend_only_on_size(name):
   assert shapes[0] == shapes[1] == shapes[2]
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 def test_zeros_give_zeros(name):
   c = REGISTRY[name]
   y = _compress(c, jnp.zeros((64,)))
@@ -97,7 +108,7 @@ def test_zeros_give_zeros(name):
     np.testing.assert_array_equal(np.asarray(y), np.zeros(64))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 @pytest.mark.parametrize("shape", [(1,), (), (1, 1)])
 def test_single_element(name, shape):
   c = REGISTRY[name]
@@ -108,7 +119,7 @@ def test_single_element(name, shape):
   assert c.bits(1) == c.payload_bits(1)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 def test_subnormal_inputs_stay_finite(name):
   c = REGISTRY[name]
   tiny = np.finfo(np.float32).smallest_subnormal
@@ -118,7 +129,7 @@ def test_subnormal_inputs_stay_finite(name):
   assert float(jnp.max(jnp.abs(y))) <= 2.0**-120 or name == "sign"
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 def test_large_inputs_do_not_overflow_norms(name):
   # ||x||_2 is representable but the sum of squares (1e72) is not.
   c = REGISTRY[name]
@@ -127,8 +138,8 @@ def test_large_inputs_do_not_overflow_norms(name):
   assert bool(jnp.all(jnp.isfinite(y))), y
 
 
-@pytest.mark.parametrize("name", sorted(set(NAMES) - AMPLIFYING))
-@pytest.mark.parametrize("dtype", DTYPES, ids=lambda t: jnp.dtype(t).name)
+@pytest.mark.parametrize("name", registry_params(sorted(set(NAMES) - AMPLIFYING)))
+@pytest.mark.parametrize("dtype", SWEPT_DTYPES, ids=lambda t: jnp.dtype(t).name)
 def test_near_max_inputs_stay_finite(name, dtype):
   c = REGISTRY[name]
   big = float(jnp.finfo(dtype).max)
@@ -168,7 +179,7 @@ def test_non_finite_inputs(name, expect):
     assert np.isfinite(y).all()
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 def test_random_operators_need_a_key(name):
   c = REGISTRY[name]
   x = jnp.linspace(-1.0, 1.0, 16)
@@ -179,7 +190,7 @@ def test_random_operators_need_a_key(name):
     np.testing.assert_array_equal(c.compress(x), c.compress(x, key=jax.random.key(7)))
 
 
-@pytest.mark.parametrize("name", [n for n in NAMES if REGISTRY[n].needs_key])
+@pytest.mark.parametrize("name", registry_params([n for n in NAMES if REGISTRY[n].needs_key]))
 def test_keys_change_the_draw_and_fix_it(name):
   c = REGISTRY[name]
   x = jax.random.normal(jax.random.key(0), (256,))
@@ -337,7 +348,14 @@ def test_raw_and_typed_keys_agree():
 
 
 @pytest.mark.parametrize(
-  "name", ["top_k", "scaled_sign", "natural_dithering", "induced", "top_k_natural_dithering"]
+  "name",
+  [
+    "top_k",
+    "induced",  # by default a sparse and a composite payload, the three others in the full run
+    pytest.param("scaled_sign", marks=pytest.mark.slow),
+    pytest.param("natural_dithering", marks=pytest.mark.slow),
+    pytest.param("top_k_natural_dithering", marks=pytest.mark.slow),
+  ],
 )
 def test_decode_refuses_a_payload_of_another_size(name):
   c = REGISTRY[name]
@@ -351,7 +369,7 @@ def test_decode_refuses_a_payload_of_another_size(name):
 # -- transformations ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 def test_vmap_equals_loop(name):
   c = REGISTRY[name]
   xs = jax.random.normal(jax.random.key(3), (4, 40))
@@ -363,7 +381,15 @@ def test_vmap_equals_loop(name):
 
 @pytest.mark.parametrize(
   "name",
-  ["top_k", "rand_k", "natural_dithering", "scaled_sign", "top_k_natural_dithering", "induced"],
+  [
+    "top_k",
+    "rand_k",
+    "natural_dithering",
+    # the other three in the full run (collectives_test runs shard_map by default too)
+    pytest.param("scaled_sign", marks=pytest.mark.slow),
+    pytest.param("top_k_natural_dithering", marks=pytest.mark.slow),
+    pytest.param("induced", marks=pytest.mark.slow),
+  ],
 )
 def test_shard_map_equals_per_device(name):
   c = REGISTRY[name]
@@ -409,6 +435,9 @@ _BOUND = float(np.float32(1e30))
 _finite32 = st.floats(-_BOUND, _BOUND, allow_nan=False, allow_infinity=False, width=32)
 
 
+# The two property tests draw from the whole registry, a compilation per drawn shape: a
+# full-run sweep (the fixed-input tests above check the representatives by default).
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None)
 @given(
   name=st.sampled_from(NAMES),
@@ -426,6 +455,7 @@ def test_finite_inputs_give_finite_outputs_and_round_trip(name, values, seed):
   assert c.bits(x.size) == c.payload_bits(x.size)
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(
   shape=st.lists(st.integers(1, 6), min_size=0, max_size=3).map(tuple),
@@ -438,7 +468,7 @@ def test_any_shape(name, shape):
   assert y.shape == x.shape and y.dtype == x.dtype
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", SWEEP)
 def test_empty_input_gives_an_empty_output(name):
   c = REGISTRY[name]
   for shape in [(0,), (3, 0)]:

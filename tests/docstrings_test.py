@@ -15,7 +15,13 @@ MODULES = sorted(
 )
 
 
-@pytest.mark.parametrize("name", MODULES)
+# _vectors' example trains the MLP of the benchmark's test vectors (15 s or so on 2 cores)
+SLOW = {"biased_compression._vectors"}
+
+
+@pytest.mark.parametrize(
+  "name", [pytest.param(m, marks=pytest.mark.slow if m in SLOW else ()) for m in MODULES]
+)
 def test_docstring_examples(name):
   module = importlib.import_module(name)
   result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)

@@ -59,6 +59,20 @@ OPERATORS = {
     for p in (1, 2, math.inf)
   },
 }
+# one operator per family by default (the sweeps below run every operator in the full run)
+REPRESENTATIVES = {
+  "sign",
+  "scaled_sign",
+  "natural_compression",
+  "exponential_rounding_nearest",
+  "cast_bf16",
+  "standard_dithering(16, norm=1)",
+  "natural_dithering(4, norm=2)",
+}
+SWEEP = [
+  pytest.param(name, marks=() if name in REPRESENTATIVES else pytest.mark.slow)
+  for name in sorted(OPERATORS)
+]
 
 
 def _cases(d: int, dtype) -> dict[str, np.ndarray]:
@@ -201,7 +215,7 @@ def _check(name, c, x, out, dtype):
     _assert_one_of(out, _dithering_candidates(c, x), dtype, what)
 
 
-@pytest.mark.parametrize("name", sorted(OPERATORS))
+@pytest.mark.parametrize("name", SWEEP)
 @pytest.mark.parametrize(
   "dtype,sizes",
   [(jnp.float32, (7, 1031)), (jnp.bfloat16, (65,)), (jnp.float16, (65,))],
@@ -252,7 +266,7 @@ def test_dithering_norm_above_the_float32_maximum():
   np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
 
 
-@pytest.mark.parametrize("name", sorted(OPERATORS))
+@pytest.mark.parametrize("name", SWEEP)
 @pytest.mark.parametrize("shape", [(0,), (3, 0)])
 def test_empty_input(name, shape):
   c = OPERATORS[name]

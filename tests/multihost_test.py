@@ -35,6 +35,7 @@ def _assert_bit_identical(got: multihost.Result, want: multihost.Result) -> None
   assert got.checksum() == want.checksum()
 
 
+@pytest.mark.slow  # two JAX processes start, compile and train: 10 s or more each on 2 cores
 @pytest.mark.parametrize("method", ["all_gather", "two_stage"])
 def test_two_processes_equal_one_process_with_four_devices(method):
   # two_stage: the 1-bit all-reduce of DeepSpeed and Bagua (a sparsifier's k must be a
@@ -53,6 +54,7 @@ def test_two_processes_equal_one_process_with_four_devices(method):
   assert 0 < got.bits[0] < dense / 8
 
 
+@pytest.mark.slow  # trains the example (and reads its compiled step's traffic)
 def test_a_train_step_sends_only_the_compressed_payloads():
   # Guards the shard_map pitfall of the example: jax.grad of replicated parameters under
   # check_vma=True would add a dense all-reduce of the gradients.

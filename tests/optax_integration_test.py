@@ -117,13 +117,14 @@ def test_multi_steps_equals_averaging_the_micro_batches():
   grads = [_params(k) for k in range(20, 26)]
   state = tx.init(grads[0])
   ref_state = inner.init(grads[0])
+  update, inner_update = jax.jit(tx.update), jax.jit(inner.update)
   for t, g in enumerate(grads):
-    out, state = tx.update(g, state)
+    out, state = update(g, state)
     if (t + 1) % every:
       _assert_trees_equal(out, jax.tree.map(jnp.zeros_like, g))
     else:
       mean = jax.tree.map(lambda *xs: sum(xs) / every, *grads[t + 1 - every : t + 1])
-      ref, ref_state = inner.update(mean, ref_state)
+      ref, ref_state = inner_update(mean, ref_state)
       for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(ref), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
   assert bc.bits_sent(state) == bc.bits_sent(ref_state)
@@ -178,6 +179,7 @@ def test_flax_nnx_optimizer_trains_a_small_model():
   assert bc.bits_sent(optimizer.opt_state) == 200 * per_step
 
 
+@pytest.mark.slow  # an Orbax save and restore (its threads and files): an integration test
 def test_orbax_restore_continues_bit_for_bit(tmp_path):
   ocp = pytest.importorskip("orbax.checkpoint")
   n = 4
@@ -279,15 +281,18 @@ def test_start_step_sends_dense_updates_first(make):
 # -- bits -----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize(
+  "dtype", [jnp.float32, jnp.bfloat16, pytest.param(jnp.float16, marks=pytest.mark.slow)]
+)
 def test_bits_sent_equals_the_payload_size(dtype):
   c = bc.top_k_natural_dithering(0.2)
   g = jax.tree.map(lambda x: x.astype(dtype), _params(4))
   for scope in ("leaf", "global"):
     tx = bc.error_feedback(c, scope=scope)
     state = tx.init(g)
+    update = jax.jit(tx.update)
     for _ in range(5):
-      out, state = tx.update(g, state)
+      out, state = update(g, state)
     if scope == "leaf":
       per_step = c.payload_bits(60, dtype) + c.payload_bits(5, dtype)
     else:
@@ -313,7 +318,7 @@ def test_bits_per_worker_under_vmap():
   tx = bc.compress(bc.top_k(k=4), axis_name="workers")
   g = jax.tree.map(lambda x: jnp.stack([x] * n), _params(5))
   state = bc.init_workers(tx, _params(5), n)
-  _, state = jax.vmap(tx.update, axis_name="workers")(g, state)
+  _, state = jax.jit(jax.vmap(tx.update, axis_name="workers"))(g, state)
   np.testing.assert_array_equal(
     bc.bits_sent(state), [bc.top_k(k=4).payload_bits(60) + bc.top_k(k=4).payload_bits(5)] * n
   )
@@ -327,7 +332,7 @@ def _worker_messages(c):
   tx = bc.compress(c, axis_name="workers", seed=2)
   u = jnp.ones((n, d))
   state = bc.init_workers(tx, u[0], n)
-  out, state = jax.vmap(tx.update, axis_name="workers")(u, state)
+  out, state = jax.jit(jax.vmap(tx.update, axis_name="workers"))(u, state)
   return np.asarray(out[0]), state
 
 
@@ -344,11 +349,12 @@ def test_key_advances_every_step():
   tx = bc.compress(c)
   u = jnp.ones(30)
   state = tx.init(u)
-  a, state = tx.update(u, state)
-  b, state = tx.update(u, state)
+  update = jax.jit(tx.update)
+  a, state = update(u, state)
+  b, state = update(u, state)
   assert not np.array_equal(np.asarray(a), np.asarray(b))
   tx2 = bc.compress(c)
-  a2, _ = tx2.update(u, tx2.init(u))
+  a2, _ = jax.jit(tx2.update)(u, tx2.init(u))
   np.testing.assert_array_equal(a, a2)  # same seed, same draws
 
 
@@ -415,5 +421,5 @@ def test_no_nan_from_finite_extremes():
     bc.diana(bc.natural_compression()),
   ):
     state = tx.init(big)
-    out, state = tx.update(big, state)
+    out, state = jax.jit(tx.update)(big, state)
     assert not any(bool(jnp.any(jnp.isnan(x))) for x in jax.tree.leaves((out, state)))

@@ -35,7 +35,7 @@ def _inputs(d: int, seed: int = 0) -> np.ndarray:
 
 
 def _reference_sets(x: jax.Array, k: int) -> list[set]:
-  _, index = jax.vmap(lambda v: jax.lax.top_k(jnp.abs(v), k))(x)
+  _, index = jax.jit(jax.vmap(lambda v: jax.lax.top_k(jnp.abs(v), k)))(x)
   return [set(row.tolist()) for row in np.asarray(index)]
 
 
@@ -54,7 +54,13 @@ def _check_radix(x: np.ndarray, k: int, dtype) -> None:
 
 @pytest.mark.parametrize(
   "d, ks",
-  [(1, [1]), (2, [1, 2]), (7, [1, 6, 7]), (1000, [1, 999]), (1 << 20, [10486])],
+  [
+    (1, [1]),
+    (2, [1, 2]),
+    (7, [1, 6, 7]),
+    (1000, [1, 999]),
+    pytest.param(1 << 20, [10486], marks=pytest.mark.slow),  # the large size: full run
+  ],
 )
 def test_radix_equals_lax_top_k(d, ks):
   x = _inputs(d)
@@ -69,6 +75,7 @@ def test_radix_equals_lax_top_k_half_precision(dtype):
   _check_radix(x, 50, dtype)
 
 
+@pytest.mark.slow  # a large size (d = 2^15): its small-size counterparts run by default
 def test_radix_with_a_sample_that_misses_the_threshold():
   # The large entries sit where the stratified sample never looks: the first bracket is
   # wrong and the bisection repairs it. Half of d tied at one value exceeds the band's
@@ -96,6 +103,7 @@ def test_nan_and_inf_are_kept_first():
     assert np.isnan(np.asarray(values)).sum() == 2
 
 
+@pytest.mark.slow  # a large size (d = 2^15): its small-size counterparts run by default
 def test_auto_and_exact_sort_agree_with_radix_under_jit_and_shard_map():
   d, k = 1 << 15, 2000  # "auto" picks radix on CPU here
   assert _topk.auto_method(d, k) == "radix" and _topk.auto_method(d, 100) == "exact_sort"
@@ -106,7 +114,7 @@ def test_auto_and_exact_sort_agree_with_radix_under_jit_and_shard_map():
   sharded = jax.jit(
     jax.shard_map(lambda v: c.compress(v[0])[None], mesh=mesh, in_specs=P("w"), out_specs=P("w"))
   )
-  exact = jax.vmap(bc.top_k(k=k, method="exact_sort").compress)(x)
+  exact = jax.jit(jax.vmap(bc.top_k(k=k, method="exact_sort").compress))(x)
   np.testing.assert_array_equal(np.asarray(sharded(xs)), np.asarray(exact))
 
 
@@ -117,8 +125,8 @@ def test_top_k_methods_round_trip(method):
   x = jax.random.normal(jax.random.key(4), (3000,)).astype(jnp.bfloat16)
   payload = jax.jit(c.encode)(x)
   assert payload["indices"].dtype == jnp.uint16 and payload["values"].dtype == jnp.bfloat16
-  y = c.decode(payload, x.shape, x.dtype)
-  np.testing.assert_array_equal(np.asarray(y), np.asarray(bc.top_k(0.1).compress(x)))
+  y = jax.jit(lambda p: c.decode(p, x.shape, x.dtype))(payload)
+  np.testing.assert_array_equal(np.asarray(y), np.asarray(jax.jit(bc.top_k(0.1).compress)(x)))
 
 
 def test_method_reaches_composites():
@@ -149,6 +157,7 @@ def test_bad_arguments(make, message):
 # -- the approximate method ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a large size (d = 2^16): its small-size counterparts run by default
 def test_approx_recall_and_constants():
   d, k = 1 << 16, 655
   x = jax.random.normal(jax.random.key(5), (d,))
@@ -187,6 +196,7 @@ def test_approx_energy_bound_holds_for_the_window_algorithm(d, k, recall):
 # -- rand-k's large-k path ---------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a large size (d = 2^20): its small-size counterparts run by default
 def test_hash31_is_a_bijection_and_rand_k_large_k_is_uniform():
   seed = jnp.asarray([123, 456], jnp.uint32)
   keys = np.asarray(_sparsification._hash31(seed, jnp.arange(1 << 20, dtype=jnp.uint32)))
