@@ -12,7 +12,7 @@ from biased_compression import _bitpack
 
 # by default the widths at and around the byte boundaries (two compilations each); all in the
 # full run
-FAST_WIDTHS = {1, 2, 7, 8, 9, 16, 17, 31, 32}
+FAST_WIDTHS = {1, 7, 8, 9, 16, 17, 32}
 
 
 WIDTHS = [pytest.param(b, marks=() if b in FAST_WIDTHS else pytest.mark.slow) for b in range(1, 33)]

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CORE
 from conftest import REPRESENTATIVES
 from conftest import registry_params
 from hypothesis import given
@@ -24,8 +25,10 @@ DTYPES = [jnp.float32, jnp.bfloat16, jnp.float16]
 # quantisers' half-precision paths run by default in edge_values_test).
 SWEPT_DTYPES = [DTYPES[0], *(pytest.param(t, marks=pytest.mark.slow) for t in DTYPES[1:])]
 KEY = jax.random.key(42)
-# The sweeps over the registry run every entry in the full run, one per family by default.
+# The sweeps over the registry run every entry in the full run; by default one entry per family
+# for the round trips and the key checks, the CORE five for the other sweeps (conftest.py).
 SWEEP = registry_params(NAMES)
+CORE_SWEEP = registry_params(NAMES, fast=CORE)
 
 # Operators whose output can exceed max|x| (unbiased rescaling by d/k, a norm as the level
 # scale): for them, inputs near the float maximum have no representable C(x).
@@ -66,7 +69,7 @@ def _round_trip(c, x, key=KEY):
 
 
 def test_representatives_are_registry_entries():
-  assert set(REPRESENTATIVES) <= set(NAMES)
+  assert set(CORE) <= set(REPRESENTATIVES) <= set(NAMES)
 
 
 @pytest.mark.parametrize("name", SWEEP)
@@ -86,7 +89,7 @@ def test_round_trip_bits_and_dtype(name, dtype):
   assert bool(jnp.all(jnp.isfinite(y.astype(jnp.float32))))
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", CORE_SWEEP)
 def test_payload_shapes_depend_only_on_size(name):
   c = REGISTRY[name]
   shapes = []
@@ -97,7 +100,7 @@ def test_payload_shapes_depend_only_on_size(name):
   assert shapes[0] == shapes[1] == shapes[2]
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", CORE_SWEEP)
 def test_zeros_give_zeros(name):
   c = REGISTRY[name]
   y = _compress(c, jnp.zeros((64,)))
@@ -108,7 +111,7 @@ def test_zeros_give_zeros(name):
     np.testing.assert_array_equal(np.asarray(y), np.zeros(64))
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", CORE_SWEEP)
 @pytest.mark.parametrize("shape", [(1,), (), (1, 1)])
 def test_single_element(name, shape):
   c = REGISTRY[name]
@@ -119,7 +122,7 @@ def test_single_element(name, shape):
   assert c.bits(1) == c.payload_bits(1)
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", CORE_SWEEP)
 def test_subnormal_inputs_stay_finite(name):
   c = REGISTRY[name]
   tiny = np.finfo(np.float32).smallest_subnormal
@@ -129,7 +132,7 @@ def test_subnormal_inputs_stay_finite(name):
   assert float(jnp.max(jnp.abs(y))) <= 2.0**-120 or name == "sign"
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", CORE_SWEEP)
 def test_large_inputs_do_not_overflow_norms(name):
   # ||x||_2 is representable but the sum of squares (1e72) is not.
   c = REGISTRY[name]
@@ -138,7 +141,7 @@ def test_large_inputs_do_not_overflow_norms(name):
   assert bool(jnp.all(jnp.isfinite(y))), y
 
 
-@pytest.mark.parametrize("name", registry_params(sorted(set(NAMES) - AMPLIFYING)))
+@pytest.mark.parametrize("name", registry_params(sorted(set(NAMES) - AMPLIFYING), fast=CORE))
 @pytest.mark.parametrize("dtype", SWEPT_DTYPES, ids=lambda t: jnp.dtype(t).name)
 def test_near_max_inputs_stay_finite(name, dtype):
   c = REGISTRY[name]
@@ -190,7 +193,9 @@ def test_random_operators_need_a_key(name):
     np.testing.assert_array_equal(c.compress(x), c.compress(x, key=jax.random.key(7)))
 
 
-@pytest.mark.parametrize("name", registry_params([n for n in NAMES if REGISTRY[n].needs_key]))
+@pytest.mark.parametrize(
+  "name", registry_params([n for n in NAMES if REGISTRY[n].needs_key], fast=CORE)
+)
 def test_keys_change_the_draw_and_fix_it(name):
   c = REGISTRY[name]
   x = jax.random.normal(jax.random.key(0), (256,))
@@ -238,7 +243,16 @@ def test_ratio_rounding_per_leaf():
   assert c.encode(jnp.ones(35))["values"].shape == (4,)
 
 
-@pytest.mark.parametrize("d,k", [(10, 3), (1000, 10), (1000, 240), (1000, 600), (64, 63)])
+@pytest.mark.parametrize(
+  "d,k",
+  [
+    (10, 3),
+    pytest.param(1000, 10, marks=pytest.mark.slow),
+    (1000, 240),
+    pytest.param(1000, 600, marks=pytest.mark.slow),
+    (64, 63),
+  ],
+)  # by default a small, a large and an almost-full k
 def test_rand_k_indices_are_distinct(d, k):
   c = bc.rand_k(k=k, unbiased=False)
   for seed in range(5):
@@ -369,7 +383,7 @@ def test_decode_refuses_a_payload_of_another_size(name):
 # -- transformations ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", CORE_SWEEP)
 def test_vmap_equals_loop(name):
   c = REGISTRY[name]
   xs = jax.random.normal(jax.random.key(3), (4, 40))
@@ -468,7 +482,7 @@ def test_any_shape(name, shape):
   assert y.shape == x.shape and y.dtype == x.dtype
 
 
-@pytest.mark.parametrize("name", SWEEP)
+@pytest.mark.parametrize("name", CORE_SWEEP)
 def test_empty_input_gives_an_empty_output(name):
   c = REGISTRY[name]
   for shape in [(0,), (3, 0)]:

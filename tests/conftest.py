@@ -17,8 +17,11 @@ try:
 except (AttributeError, RuntimeError):  # older JAX, or backends already initialised
   pass
 
-# One registry entry per family: what `-m "not slow"` runs of a sweep over the registry
-# (`bc.standard_compressors()`); the full run tests every entry.
+# The registry entries that `-m "not slow"` runs of a sweep over the registry
+# (`bc.standard_compressors()`); the full run tests every entry. REPRESENTATIVES has one entry
+# per family (the round trips, the key checks); CORE five of them (a biased and an unbiased
+# sparsifier, a random and a deterministic quantiser, a composite) for the other sweeps: edge
+# inputs, vmap, key draws, error feedback, EF21 and the Monte-Carlo constants.
 REPRESENTATIVES = (
   "top_k",
   "rand_k",
@@ -31,13 +34,14 @@ REPRESENTATIVES = (
   "standard_dithering",
   "cast_bf16",
 )
+CORE = ("top_k", "rand_k", "natural_dithering", "scaled_sign", "top_k_natural_dithering")
 
 
-def registry_params(names, key=lambda case: case):
-  """``names`` (registry names, or cases whose ``key`` is one) as pytest parameters: the
-  representatives run by default, the others are marked ``slow``."""
-  return [pytest.param(*(n if isinstance(n, tuple) else (n,)), marks=_marks(key(n))) for n in names]
-
-
-def _marks(name):
-  return () if name in REPRESENTATIVES else pytest.mark.slow
+def registry_params(names, key=lambda case: case, fast=REPRESENTATIVES):
+  """``names`` (registry names, or cases whose ``key`` is one) as pytest parameters: those in
+  ``fast`` run by default, the others are marked ``slow``."""
+  slow = pytest.mark.slow
+  return [
+    pytest.param(*(n if isinstance(n, tuple) else (n,)), marks=() if key(n) in fast else slow)
+    for n in names
+  ]

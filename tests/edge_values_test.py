@@ -63,8 +63,7 @@ OPERATORS = {
 REPRESENTATIVES = {
   "sign",
   "scaled_sign",
-  "natural_compression",
-  "exponential_rounding_nearest",
+  "natural_compression",  # (exponential rounding with base 2)
   "cast_bf16",
   "standard_dithering(16, norm=1)",
   "natural_dithering(4, norm=2)",

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import CORE
 from conftest import registry_params
 
 import biased_compression as bc
@@ -123,7 +124,7 @@ def check_b2(c, x, gamma, beta, ys=None):
 CASES = [(n, v) for n in NAMES for v in VECTORS]
 
 
-@pytest.mark.parametrize("name,vector", registry_params(CASES, key=lambda case: case[0]))
+@pytest.mark.parametrize("name,vector", registry_params(CASES, key=lambda case: case[0], fast=CORE))
 def test_constants_hold(name, vector):
   c = REGISTRY[name]
   x = VECTORS[vector]
@@ -241,6 +242,7 @@ class _OptimisticRandK(_sparsification.RandK):
     return super().omega(d) / 2
 
 
+@pytest.mark.slow  # checks the checks (four 20000-draw samplers), not the library
 def test_broken_operators_fail_the_checks():
   x = VECTORS["gaussian"]
   with pytest.raises(AssertionError, match="biased"):

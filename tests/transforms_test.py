@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import CORE
 from conftest import registry_params
 
 import biased_compression as bc
@@ -62,7 +63,7 @@ def _run(tx, inputs, params=None):
 # -- error feedback: conservation --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", registry_params(NAMES))
+@pytest.mark.parametrize("name", registry_params(NAMES, fast=CORE))
 def test_error_feedback_conserves_the_sum_of_inputs(name):
   """sum_t out_t + e_T = sum_t u_t, to float32 rounding, for every compressor.
 
@@ -131,7 +132,7 @@ def _tracking_names():
   return names
 
 
-@pytest.mark.parametrize("name", registry_params(_tracking_names()))
+@pytest.mark.parametrize("name", registry_params(_tracking_names(), fast=CORE))
 def test_ef21_tracks_a_constant_input(name):
   """For constant u and C in B3(delta), E||g_t - u||^2 <= (1 - 1/delta)^t ||u||^2."""
   c = _contractive_version(REGISTRY[name])
@@ -386,6 +387,9 @@ TRANSFORMS = {
 }
 
 
+FAST_METHODS = {"error_feedback", "ef21", "econtrol"}
+
+
 def _vmap_run(tx, grads, n):
   """grads: pytree with leaves (steps, n, ...). Returns the aggregated outputs (steps, ...)."""
   params = jax.tree.map(lambda x: x[0, 0], grads)
@@ -403,7 +407,11 @@ def _vmap_run(tx, grads, n):
   return state, outs
 
 
-@pytest.mark.parametrize("method", sorted(TRANSFORMS))
+@pytest.mark.parametrize(
+  "method",
+  # by default the three error-feedback schemes (compress is their mean, ef21_sgdm ef21's)
+  [pytest.param(m, marks=() if m in FAST_METHODS else pytest.mark.slow) for m in TRANSFORMS],
+)
 def test_vmap_workers_match_numpy_reference(method):
   n, steps, k = 3, 8, 5
   grads = _tree_grid(jax.random.split(jax.random.key(7), (steps, n)))
