@@ -161,10 +161,8 @@ class Compressor(abc.ABC):
     it equals ``bits(d)``; for bfloat16 and float16 it is smaller where values travel in the
     input dtype.
     """
-    spec = jax.ShapeDtypeStruct((d,), jnp.dtype(dtype))
-    key = jax.random.key(0) if self.needs_key else None
-    out = jax.eval_shape(lambda x: self.encode(x, key=key), spec)
-    return sum(8 * leaf.size * leaf.dtype.itemsize for leaf in jax.tree_util.tree_leaves(out))
+    _, arrays = payload_arrays(self, d, jnp.dtype(dtype))
+    return sum(8 * math.prod(shape) * t.itemsize for shape, t in arrays)
 
   def for_chunks(self, d: int, n: int) -> Compressor:
     """The compressor applied to each of the n chunks of a d-element message (two_stage).
@@ -291,7 +289,8 @@ def _is_key(key) -> bool:
 
 
 @functools.lru_cache(maxsize=1024)
-def _payload_shapes(compressor: Compressor, d: int, dtype) -> tuple:
+def payload_arrays(compressor: Compressor, d: int, dtype) -> tuple:
+  """(treedef, ((shape, dtype), ...)) of the payload of a d-element input (cached)."""
   spec = jax.ShapeDtypeStruct((d,), dtype)
   key = jax.random.key(0) if compressor.needs_key else None
   out = jax.eval_shape(lambda x: compressor.encode(x, key=key), spec)
@@ -306,7 +305,7 @@ def _check_payload(compressor: Compressor, payload, d: int, dtype) -> None:
   fixed k with indices of the same width, or bit planes of the same byte count) cannot be
   told apart; every other mismatch is caught here, at trace time.
   """
-  treedef, shapes = _payload_shapes(compressor, d, dtype)
+  treedef, shapes = payload_arrays(compressor, d, dtype)
   leaves, got_def = jax.tree.flatten(payload)
   got = tuple((jnp.shape(leaf), jnp.dtype(jnp.result_type(leaf))) for leaf in leaves)
   if got_def != treedef or got != shapes:

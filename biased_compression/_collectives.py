@@ -49,7 +49,6 @@ given) are not counted.
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from collections.abc import Sequence
@@ -121,14 +120,6 @@ def chunking(d: int, n: int) -> tuple[int, int]:
   return chunk, chunk * n
 
 
-@functools.lru_cache(maxsize=1024)
-def _float32_payload(compressor: _base.Compressor, d: int, dtype) -> bool:
-  spec = jax.ShapeDtypeStruct((d,), jnp.dtype(dtype))
-  key = jax.random.key(0) if compressor.needs_key else None
-  out = jax.eval_shape(lambda x: compressor.encode(x, key=key), spec)
-  return all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(out))
-
-
 def choose_method(compressor: _base.Compressor, d: int, n: int, dtype: Any = jnp.float32) -> str:
   """The method ``method="auto"`` runs for a d-element message of ``dtype`` on n workers.
 
@@ -140,7 +131,8 @@ def choose_method(compressor: _base.Compressor, d: int, n: int, dtype: Any = jnp
   automatically: pass it explicitly. ``n`` is accepted for cost models that depend on it.
   """
   del n
-  if is_linear(compressor) and _float32_payload(compressor, int(d), jnp.dtype(dtype)):
+  _, arrays = _base.payload_arrays(compressor, int(d), jnp.dtype(dtype))
+  if is_linear(compressor) and all(t == jnp.float32 for _, t in arrays):
     return "psum"
   return "all_gather"
 
