@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import decimal
-import math
 import re
 import sys
 from collections.abc import Callable
@@ -30,15 +29,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import numpy as np
 from tqdm import tqdm
 
-from biased_compression import _bench
-from biased_compression import _registry
-from biased_compression import _sparsification
-from biased_compression import _vectors
+from biased_compression.bench import _timing
+from biased_compression.compressors import _registry
+from biased_compression.compressors import _sparsification
+from biased_compression.metrics import _errors
+from biased_compression.metrics import _vectors
 
-__all__ = ["main", "build_parser", "relative_errors", "parse_size"]
+__all__ = ["main", "build_parser", "parse_size"]
 
 _DEFAULT_SIZES = tuple(1 << s for s in (16, 18, 20, 22, 24))
 # The benchmarks allocate float32 vectors of this many elements (4 GiB), some of them n at a
@@ -121,7 +120,7 @@ def parse_size(text: str, maximum: int | None = None) -> int:
     raise argparse.ArgumentTypeError(f"expected a positive size as {_SIZE_SYNTAX}, got {text!r}")
   if value > limit:
     raise argparse.ArgumentTypeError(
-      f"{text} is above the largest size allowed, {_bench.format_size(limit)}"
+      f"{text} is above the largest size allowed, {_timing.format_size(limit)}"
     )
   return value
 
@@ -149,7 +148,7 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def _format_sizes(sizes: Sequence[int]) -> str:
-  return ",".join(_bench.format_size(d) for d in sizes)
+  return ",".join(_timing.format_size(d) for d in sizes)
 
 
 def _ratios(text: str) -> tuple[float, ...]:
@@ -168,10 +167,10 @@ def _ratios(text: str) -> tuple[float, ...]:
 
 def _topk_methods(text: str) -> tuple[str, ...]:
   methods = tuple(p.strip() for p in text.split(",") if p.strip())
-  bad = [m for m in methods if m not in _bench.TOPK_METHODS]
+  bad = [m for m in methods if m not in _timing.TOPK_METHODS]
   if not methods or bad:
     raise argparse.ArgumentTypeError(
-      f"expected methods among {', '.join(_bench.TOPK_METHODS)}, got {text!r}"
+      f"expected methods among {', '.join(_timing.TOPK_METHODS)}, got {text!r}"
     )
   return methods
 
@@ -186,40 +185,6 @@ def _names(text: str) -> tuple[str, ...]:
 # -- compressors ----------------------------------------------------------------------------
 
 
-def relative_errors(
-  compressor: Any, vectors: dict[str, jax.Array], draws: int, seed: int = 0
-) -> dict[str, float]:
-  """Mean relative error ``||C(x) - x||^2 / ||x||^2`` of a compressor on each vector.
-
-  The compress call is jitted (once per vector size). Random operators average over
-  ``draws`` keys folded from ``jax.random.key(seed)``; deterministic ones are evaluated
-  once. The error itself is computed in float64 on the host.
-
-  Args:
-    compressor: a `Compressor`.
-    vectors: name -> 1-D float32 array.
-    draws: number of keys for random operators, >= 1.
-    seed: seed of the keys.
-
-  Returns:
-    name -> mean relative error (``nan`` for an all-zero vector).
-  """
-  random = compressor.needs_key
-  compress = jax.jit(lambda x, key: compressor.compress(x, key=key if random else None))
-  base = jax.random.key(seed)
-  keys = [jax.random.fold_in(base, i) for i in range(draws if random else 1)]
-  out = {}
-  for name, x in vectors.items():
-    x64 = np.asarray(x, np.float64)
-    norm2 = float(np.dot(x64, x64))
-    errs = []
-    for key in keys:
-      y = np.asarray(compress(x, key), np.float64)
-      errs.append(float(np.sum((y - x64) ** 2)) / norm2 if norm2 > 0 else math.nan)
-    out[name] = float(np.mean(errs))
-  return out
-
-
 def _cmd_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int:
   del argv
   vectors = _vectors.test_vectors(args.dim, seed=args.seed)
@@ -227,17 +192,17 @@ def _cmd_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int:
   sizes = ", ".join(f"{k} ({v.shape[0]})" for k, v in vectors.items())
   compressors = _registry.standard_compressors()
   rows = []
-  for name, c in _bench.progress(iterable=compressors.items(), desc="compressors"):
-    errors = relative_errors(c, vectors, args.draws, seed=args.seed)
+  for name, c in _timing.progress(iterable=compressors.items(), desc="compressors"):
+    errors = _errors.relative_errors(c, vectors, args.draws, seed=args.seed)
     rows.append(
       [
         name,
         c.name,
         "yes" if c.unbiased else "no",
-        _bench.format_sig(c.omega(d)),
-        _bench.format_sig(c.delta(d)),
+        _timing.format_sig(c.omega(d)),
+        _timing.format_sig(c.delta(d)),
         f"{c.bits(d) / d:.2f}",
-        *(_bench.format_sig(errors[k], 4) for k in vectors),
+        *(_timing.format_sig(errors[k], 4) for k in vectors),
       ]
     )
   headers = ["name", "operator", "unbiased", "omega", "delta", "bits/coord", *vectors]
@@ -245,7 +210,7 @@ def _cmd_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int:
     f"d = {d}; omega, delta and bits/coord at d; relative error ||C(x) - x||^2 / ||x||^2 "
     f"on {sizes}, mean over {args.draws} key(s) for random operators (seed {args.seed})"
   )
-  print(_bench.format_table(headers, rows, align="<<<"))
+  print(_timing.format_table(headers, rows, align="<<<"))
   return 0
 
 
@@ -272,22 +237,22 @@ def _cmd_bench_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int
     compressors = {n: compressors[n] for n in args.only}
 
   def print_size(d: int, rows: list[dict[str, Any]]) -> None:
-    tqdm.write(_bench.compressor_bench_tables(rows) + "\n", file=sys.stdout)
+    tqdm.write(_timing.compressor_bench_tables(rows) + "\n", file=sys.stdout)
 
-  results = _bench.bench_compressors(
+  results = _timing.bench_compressors(
     compressors, args.sizes, repeats=args.repeats, seed=args.seed, on_size_done=print_size
   )
   if args.json is not None:
-    _bench.write_record(args.json, results, argv)
+    _timing.write_record(args.json, results, argv)
     print(f"wrote {args.json}")
   return 0
 
 
 def _cmd_bench_topk(args: argparse.Namespace, argv: Sequence[str]) -> int:
   def print_size(d: int, rows: list[dict[str, Any]]) -> None:
-    tqdm.write(_bench.topk_bench_tables(rows) + "\n", file=sys.stdout)
+    tqdm.write(_timing.topk_bench_tables(rows) + "\n", file=sys.stdout)
 
-  results = _bench.bench_topk(
+  results = _timing.bench_topk(
     args.sizes,
     args.ratios,
     repeats=args.repeats,
@@ -296,7 +261,7 @@ def _cmd_bench_topk(args: argparse.Namespace, argv: Sequence[str]) -> int:
     on_size_done=print_size,
   )
   if args.json is not None:
-    _bench.write_record(args.json, results, argv)
+    _timing.write_record(args.json, results, argv)
     print(f"wrote {args.json}")
   return 0
 
@@ -307,19 +272,19 @@ def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int
       f"only {jax.device_count()} CPU devices: the JAX backend started before --devices "
       f"{args.devices} could be applied"
     )
-  from biased_compression import _bench_collectives
+  from biased_compression.bench import _collectives as _bench_collectives
 
   cost_d = min(args.dim, _bench_collectives.COST_MAX_D)
   warning = _bench_collectives.cost_warning(cost_d)
   if warning is not None:
     # Before the run, so that it is seen before the numbers it qualifies (the table repeats it).
     print(
-      f"warning: --dim {_bench.format_size(args.dim)}: the modelled step's compression cost "
-      f"is measured at d = {_bench.format_size(cost_d)} and extrapolated linearly to "
+      f"warning: --dim {_timing.format_size(args.dim)}: the modelled step's compression cost "
+      f"is measured at d = {_timing.format_size(cost_d)} and extrapolated linearly to "
       f"--model-params {args.model_params}; {warning}",
       file=sys.stderr,
     )
-  with _bench.progress(total=3, desc="bench collectives") as bar:
+  with _timing.progress(total=3, desc="bench collectives") as bar:
     rows = _bench_collectives.traffic(args.dim, args.workers)
     bar.update()
     rows += _bench_collectives.step_times(
@@ -334,7 +299,7 @@ def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int
     bar.update()
   print(_bench_collectives.tables(rows))
   if args.json is not None:
-    _bench.write_record(args.json, rows, argv)
+    _timing.write_record(args.json, rows, argv)
     print(f"wrote {args.json}")
   return 0
 
@@ -444,9 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
   bt.add_argument(
     "--methods",
     type=_topk_methods,
-    default=_bench.TOPK_METHODS,
+    default=_timing.TOPK_METHODS,
     metavar="M,M,...",
-    help=f"methods to time; exact_sort is always timed (default: {','.join(_bench.TOPK_METHODS)})",
+    help=f"methods to time; exact_sort is always timed (default: {','.join(_timing.TOPK_METHODS)})",
   )
   bt.add_argument("--repeats", type=_positive_int, default=5, help=_REPEATS_HELP)
   bt.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from biased_compression import _bitpack
+from biased_compression.ops import _bitpack
 
 # by default the widths at and around the byte boundaries (two compilations each); all in the
 # full run

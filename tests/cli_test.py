@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from biased_compression import _bench
-from biased_compression import _bench_collectives
-from biased_compression import _registry
-from biased_compression import _vectors
 from biased_compression import cli
+from biased_compression.bench import _collectives as _bench_collectives
+from biased_compression.bench import _timing
+from biased_compression.compressors import _registry
+from biased_compression.metrics import _vectors
 
 _VECTOR_NAMES = ("gaussian", "heavy_tailed", "mlp_gradient")
 
@@ -187,7 +187,7 @@ def test_bench_collectives_says_the_compression_cost_is_extrapolated(
   assert timed_at == [measured_d]
   captured = capsys.readouterr()
   out = " ".join(captured.out.split())
-  shown = _bench.format_size(measured_d)
+  shown = _timing.format_size(measured_d)
   assert (
     f"compression ms: 2 ms per million values (one encode and two decodes of the values, an "
     f"encode of 1/n of them: a two_stage step's work), measured on this machine at "
@@ -356,7 +356,7 @@ def _assert_no_progress_bar(err: str) -> None:
 def test_progress_helper_draws_only_on_a_terminal(terminal, monkeypatch):
   stream = _Terminal() if terminal else io.StringIO()
   monkeypatch.setattr(sys, "stderr", stream)
-  with _bench.progress(total=2, desc="working") as bar:
+  with _timing.progress(total=2, desc="working") as bar:
     bar.update(2)
   if terminal:
     assert "working: 100%|" in stream.getvalue()

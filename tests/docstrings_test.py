@@ -16,7 +16,7 @@ MODULES = sorted(
 
 
 # _vectors' example trains the MLP of the benchmark's test vectors (15 s or so on 2 cores)
-SLOW = {"biased_compression._vectors"}
+SLOW = {"biased_compression.metrics._vectors"}
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import biased_compression as bc
-from biased_compression import _base
+from biased_compression.compressors import _base
 
 REGISTRY = bc.standard_compressors()
 NAMES = sorted(REGISTRY)

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import biased_compression as bc
-from biased_compression import _base
+from biased_compression.compressors import _base
 
 F32_TINY = float(np.finfo(np.float32).tiny)
 NP_DTYPES = {

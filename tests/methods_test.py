@@ -396,19 +396,20 @@ def test_explicit_weights_give_the_weighted_sum():
 
 def _twice(method):
   """A transformation that exchanges twice per step: out = mean C(u) + mean C(u - C(u))."""
-  from biased_compression import _transforms
+  from biased_compression.transforms import _options
+  from biased_compression.transforms import _skeleton
 
   def algorithm(step, u, fields):
     first, mean1 = step.exchange(u)
     _, mean2 = step.exchange([a - b for a, b in zip(u, first, strict=True)])
     return [a + b for a, b in zip(mean1, mean2, strict=True)], {}
 
-  return _transforms.transformation(
+  return _skeleton.transformation(
     "twice",
     bc.CompressState,
     algorithm,
     bc.top_k(k=16),
-    _transforms.Options(axis_name="w", method=method),
+    _options.Options(axis_name="w", method=method),
     contractive=False,
     participation="mean",
   )

@@ -20,8 +20,8 @@ from conftest import CORE
 from conftest import registry_params
 
 import biased_compression as bc
-from biased_compression import _quantization
-from biased_compression import _sparsification
+from biased_compression.compressors import _quantization
+from biased_compression.compressors import _sparsification
 
 REGISTRY = bc.standard_compressors()
 NAMES = sorted(REGISTRY)

@@ -10,11 +10,11 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import biased_compression as bc
-from biased_compression import _base
-from biased_compression import _quantization
-from biased_compression import _random
-from biased_compression import _sparsification
-from biased_compression import _topk
+from biased_compression.compressors import _base
+from biased_compression.compressors import _quantization
+from biased_compression.compressors import _sparsification
+from biased_compression.ops import _random
+from biased_compression.ops import _topk
 
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from biased_compression import _base
-from biased_compression import _combinators as comb
-from biased_compression import _quantization as quant
-from biased_compression import _sparsification as sparse
+from biased_compression.compressors import _base
+from biased_compression.compressors import _combinators as comb
+from biased_compression.compressors import _quantization as quant
+from biased_compression.compressors import _sparsification as sparse
 
 __all__ = ["standard_compressors"]
 

@@ -39,9 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biased_compression import _base
-from biased_compression import _bitpack
-from biased_compression import _random
+from biased_compression.compressors import _base
+from biased_compression.ops import _bitpack
+from biased_compression.ops import _random
 
 __all__ = [
   "Sign",

@@ -28,11 +28,12 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from biased_compression import _base
-from biased_compression import _bench
-from biased_compression import _collectives
-from biased_compression import _quantization
-from biased_compression import _sparsification
+from biased_compression.bench import _timing
+from biased_compression.collectives import _collectives
+from biased_compression.compressors import _base
+from biased_compression.compressors import _quantization
+from biased_compression.compressors import _sparsification
+from biased_compression.metrics import _wire
 
 __all__ = [
   "bench_compressors_for_collectives",
@@ -124,7 +125,7 @@ def traffic(d: int, ns: Sequence[int]) -> list[dict[str, Any]]:
       measured = None
       if n <= available:
         f, x = _program(method, c, d, n)
-        measured = _collectives.wire_bytes(f, x)["sent"]
+        measured = _wire.wire_bytes(f, x)["sent"]
       rows.append(
         {
           "part": "traffic",
@@ -144,14 +145,14 @@ def step_times(d: int, n: int, repeats: int) -> list[dict[str, Any]]:
   """Wall time of one compressed mean against the dense pmean on n local devices."""
   rows = []
   f, x = _program("dense", None, d, n)
-  dense_ms = _bench.time_call(f, x, repeats=repeats)
+  dense_ms = _timing.time_call(f, x, repeats=repeats)
   rows.append(
     {"part": "time", "d": d, "n": n, "compressor": "dense", "method": "dense", "ms": dense_ms}
   )
   for name, c in bench_compressors_for_collectives(d, (n,)).items():
     for method in ("all_gather", "two_stage"):
       f, x = _program(method, c, d, n)
-      ms = _bench.time_call(f, x, repeats=repeats)
+      ms = _timing.time_call(f, x, repeats=repeats)
       rows.append(
         {
           "part": "time",
@@ -223,8 +224,8 @@ def sign_cost_ms_per_million(d: int, repeats: int, n: int = 16) -> float:
   enc = jax.jit(lambda v: c.encode(v))
   dec = jax.jit(lambda p: c.decode(p, (d,), jnp.float32))
   payload = enc(x)
-  enc_ms = _bench.time_call(enc, x, repeats=repeats)
-  dec_ms = _bench.time_call(dec, payload, repeats=repeats)
+  enc_ms = _timing.time_call(enc, x, repeats=repeats)
+  dec_ms = _timing.time_call(dec, payload, repeats=repeats)
   return (enc_ms * (1 + 1 / n) + 2 * dec_ms) * 1e6 / d
 
 
@@ -242,7 +243,7 @@ def cost_warning(measured_d: int) -> str | None:
   """Why the modelled compression time is too high when measured at a small d, else None."""
   if measured_d >= COST_MIN_RELIABLE_D:
     return None
-  reliable = _bench.format_size(COST_MIN_RELIABLE_D)
+  reliable = _timing.format_size(COST_MIN_RELIABLE_D)
   return (
     f"below d = {reliable} the measured cost per value is dominated by fixed per-call "
     "overhead, so the extrapolated compression time is overstated (and the speed-up "
@@ -252,13 +253,13 @@ def cost_warning(measured_d: int) -> str | None:
 
 def tables(rows: Sequence[dict[str, Any]]) -> str:
   """The three parts as plain-text tables."""
-  fmt = _bench.format_sig
+  fmt = _timing.format_sig
   out = []
   traffic_rows = [r for r in rows if r["part"] == "traffic"]
   if traffic_rows:
     out.append(f"Bytes sent per device per step, d = {traffic_rows[0]['d']}")
     out.append(
-      _bench.format_table(
+      _timing.format_table(
         ["n", "compressor", "method", "measured", "model", "dense / this"],
         [
           [
@@ -282,7 +283,7 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
       "(compute overhead only: the devices share this host's cores)"
     )
     out.append(
-      _bench.format_table(
+      _timing.format_table(
         ["compressor", "method", "ms", "/ dense"],
         [
           [r["compressor"], r["method"], fmt(r["ms"]), fmt(r.get("over_dense", 1.0))]
@@ -300,7 +301,7 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
       f"{r0['compute_ms']:g} ms (assumed), two_stage scaled sign vs dense float32 ring"
     )
     out.append(
-      _bench.format_table(
+      _timing.format_table(
         ["Gbit/s", "dense comm ms", "1-bit comm ms", "compression ms", "speed-up", "if free"],
         [
           [
@@ -320,7 +321,7 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
         f"compression ms: {fmt(r0['compression_ms_per_million'])} ms per million values "
         "(one encode and two decodes of the values, an encode of 1/n of them: a two_stage "
         "step's work), measured on this machine at "
-        f"d = {_bench.format_size(r0['compression_measured_d'])} and extrapolated linearly "
+        f"d = {_timing.format_size(r0['compression_measured_d'])} and extrapolated linearly "
         f"to {r0['params']} parameters"
       )
       warning = cost_warning(r0["compression_measured_d"])

@@ -16,9 +16,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from biased_compression import _base
-from biased_compression import _random
-from biased_compression import _topk
+from biased_compression.compressors import _base
+from biased_compression.ops import _random
+from biased_compression.ops import _topk
 
 __all__ = [
   "Sparsifier",

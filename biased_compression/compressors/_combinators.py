@@ -12,9 +12,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from biased_compression import _base
-from biased_compression import _quantization
-from biased_compression import _sparsification
+from biased_compression.compressors import _base
+from biased_compression.compressors import _quantization
+from biased_compression.compressors import _sparsification
 
 __all__ = [
   "Compose",

@@ -41,8 +41,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from biased_compression import _base
-from biased_compression import _transforms
+from biased_compression.compressors import _base
+from biased_compression.transforms import _bits
+from biased_compression.transforms import _options
+from biased_compression.transforms import _skeleton
 
 __all__ = [
   "ErrorFeedbackState",
@@ -65,7 +67,7 @@ class ErrorFeedbackState(NamedTuple):
   rng_key: jax.Array
   error: Any
   server_error: Any
-  bits: _transforms.BitCount
+  bits: _bits.BitCount
 
 
 class EF21State(NamedTuple):
@@ -76,7 +78,7 @@ class EF21State(NamedTuple):
   estimate: Any
   mean_estimate: Any
   server_error: Any
-  bits: _transforms.BitCount
+  bits: _bits.BitCount
 
 
 class EF21SGDMState(NamedTuple):
@@ -88,7 +90,7 @@ class EF21SGDMState(NamedTuple):
   estimate: Any
   mean_estimate: Any
   server_error: Any
-  bits: _transforms.BitCount
+  bits: _bits.BitCount
 
 
 class EControlState(NamedTuple):
@@ -100,7 +102,7 @@ class EControlState(NamedTuple):
   estimate: Any
   mean_estimate: Any
   server_error: Any
-  bits: _transforms.BitCount
+  bits: _bits.BitCount
 
 
 def _add(a, b):
@@ -111,7 +113,7 @@ def _sub(a, b):
   return [x - y for x, y in zip(a, b, strict=True)]
 
 
-@_transforms.document_methods("Delta_i")
+@_options.document_methods("Delta_i")
 def error_feedback(
   compressor: _base.Compressor,
   *,
@@ -186,12 +188,12 @@ def error_feedback(
     delta, mean = step.exchange(p)
     return mean, {"error": _sub(p, delta)}
 
-  return _transforms.transformation(
+  return _skeleton.transformation(
     "error_feedback",
     ErrorFeedbackState,
     algorithm,
     compressor,
-    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
     worker_fields=("error",),
     contractive=True,
     participation="mean",
@@ -204,7 +206,7 @@ def _ef21_step(step, v, estimate, mean_estimate):
   return _add(estimate, c), _add(mean_estimate, mean_c)
 
 
-@_transforms.document_methods("c_i")
+@_options.document_methods("c_i")
 def ef21(
   compressor: _base.Compressor,
   *,
@@ -258,12 +260,12 @@ def ef21(
     est, mean_est = _ef21_step(step, u, state["estimate"], state["mean_estimate"])
     return mean_est, {"estimate": est, "mean_estimate": mean_est}
 
-  return _transforms.transformation(
+  return _skeleton.transformation(
     "ef21",
     EF21State,
     algorithm,
     compressor,
-    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
     worker_fields=("estimate",),
     server_fields=("mean_estimate",),
     contractive=True,
@@ -272,7 +274,7 @@ def ef21(
   )
 
 
-@_transforms.document_methods("c_i")
+@_options.document_methods("c_i")
 def ef21_sgdm(
   compressor: _base.Compressor,
   momentum: float = 0.9,
@@ -312,7 +314,7 @@ def ef21_sgdm(
     Fatkhullin, Tyurin, Richtarik, Momentum provably improves error feedback!, NeurIPS 2023,
     arXiv:2305.15155.
   """
-  _transforms.check_unit_interval("ef21_sgdm", "momentum", momentum, low_open=False, high_open=True)
+  _options.check_unit_interval("ef21_sgdm", "momentum", momentum, low_open=False, high_open=True)
 
   def algorithm(step, u, state):
     first = step.count == 0
@@ -325,12 +327,12 @@ def ef21_sgdm(
     est, mean_est = _ef21_step(step, v, state["estimate"], state["mean_estimate"])
     return mean_est, {"momentum": v, "estimate": est, "mean_estimate": mean_est}
 
-  return _transforms.transformation(
+  return _skeleton.transformation(
     "ef21_sgdm",
     EF21SGDMState,
     algorithm,
     compressor,
-    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
     worker_fields=("momentum", "estimate"),
     server_fields=("mean_estimate",),
     contractive=True,
@@ -338,7 +340,7 @@ def ef21_sgdm(
   )
 
 
-@_transforms.document_methods("Delta_i")
+@_options.document_methods("Delta_i")
 def econtrol(
   compressor: _base.Compressor,
   eta: float,
@@ -378,7 +380,7 @@ def econtrol(
     Gao, Islamov, Stich, EControl: fast distributed optimization with compression and error
     control, ICLR 2024, arXiv:2311.05645.
   """
-  _transforms.check_unit_interval("econtrol", "eta", eta, low_open=True, high_open=False)
+  _options.check_unit_interval("econtrol", "eta", eta, low_open=True, high_open=False)
 
   def algorithm(step, u, state):
     e, h = state["error"], state["estimate"]
@@ -392,12 +394,12 @@ def econtrol(
       "mean_estimate": mean_est,
     }
 
-  return _transforms.transformation(
+  return _skeleton.transformation(
     "econtrol",
     EControlState,
     algorithm,
     compressor,
-    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
     worker_fields=("error", "estimate"),
     server_fields=("mean_estimate",),
     contractive=True,

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from biased_compression import _random
+from biased_compression.ops import _random
 
 __all__ = ["METHODS", "abs_top_k", "auto_method", "approx_windows", "largest_keys"]
 

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from biased_compression import _base
-from biased_compression import _topk
+from biased_compression.compressors import _base
+from biased_compression.ops import _topk
 
 __all__ = [
   "time_call",

@@ -13,8 +13,10 @@ from typing import NamedTuple
 import jax
 import optax
 
-from biased_compression import _base
-from biased_compression import _transforms
+from biased_compression.compressors import _base
+from biased_compression.transforms import _bits
+from biased_compression.transforms import _options
+from biased_compression.transforms import _skeleton
 
 __all__ = ["CompressState", "DianaState", "compress", "diana"]
 
@@ -25,7 +27,7 @@ class CompressState(NamedTuple):
   count: jax.Array
   rng_key: jax.Array
   server_error: Any
-  bits: _transforms.BitCount
+  bits: _bits.BitCount
 
 
 class DianaState(NamedTuple):
@@ -36,10 +38,10 @@ class DianaState(NamedTuple):
   shift: Any
   mean_shift: Any
   server_error: Any
-  bits: _transforms.BitCount
+  bits: _bits.BitCount
 
 
-@_transforms.document_methods("C(u_i)")
+@_options.document_methods("C(u_i)")
 def compress(
   compressor: _base.Compressor,
   *,
@@ -90,18 +92,18 @@ def compress(
     del state
     return step.exchange(u)[1], {}
 
-  return _transforms.transformation(
+  return _skeleton.transformation(
     "compress",
     CompressState,
     algorithm,
     compressor,
-    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
     contractive=False,
     participation="mean",
   )
 
 
-@_transforms.document_methods("m_i")
+@_options.document_methods("m_i")
 def diana(
   compressor: _base.Compressor,
   *,
@@ -149,7 +151,7 @@ def diana(
     Horvath, Richtarik, A better alternative to error feedback for communication-efficient
     distributed learning (induced compressor), ICLR 2021, arXiv:2006.11077.
   """
-  _transforms.check_compressor("diana", compressor)
+  _options.check_compressor("diana", compressor)
   if not compressor.unbiased:
     raise ValueError(
       f"diana: compressor must be unbiased, got {compressor.name}, which is biased; use an "
@@ -157,7 +159,7 @@ def diana(
       "bc.rand_k(0.01))"
     )
   if alpha is not None:
-    _transforms.check_unit_interval("diana", "alpha", alpha, low_open=True, high_open=False)
+    _options.check_unit_interval("diana", "alpha", alpha, low_open=True, high_open=False)
 
   def leaf_alphas(plan):
     alphas = [1.0] * len(plan.shapes)
@@ -181,12 +183,12 @@ def diana(
       "mean_shift": [s + a * mm for s, a, mm in zip(mean_h, alphas, mean_m, strict=True)],
     }
 
-  return _transforms.transformation(
+  return _skeleton.transformation(
     "diana",
     DianaState,
     algorithm,
     compressor,
-    _transforms.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
     worker_fields=("shift",),
     server_fields=("mean_shift",),
     contractive=False,

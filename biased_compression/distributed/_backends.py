@@ -20,7 +20,8 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from biased_compression import _transforms
+from biased_compression.distributed import _workers
+from biased_compression.transforms import _skeleton
 
 __all__ = ["Workers", "simulate", "shard", "worker_key"]
 
@@ -72,7 +73,7 @@ def _worker_step(fn, update, axis_name):
   """One worker's ``update``, checked to communicate over ``axis_name``."""
 
   def step(grads, state, params, extra):
-    with _transforms.recording_axes() as seen:
+    with _skeleton.recording_axes() as seen:
       out, state = update(grads, state, params, **extra)
     _check_communicates(fn, seen, axis_name)
     return out, state
@@ -112,7 +113,7 @@ def simulate(
   )
 
   def init(params):
-    return _transforms.init_workers(tx, params, n)
+    return _workers.init_workers(tx, params, n)
 
   def update(grads, state, params=None, **extra_args):
     _check_leading("simulate", "state", state, n)
@@ -155,7 +156,7 @@ def shard(tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, axis_name: 
   n = int(mesh.shape[axis_name])
   workers = NamedSharding(mesh, P(axis_name))
   replicated = NamedSharding(mesh, P())
-  device_update = _transforms.device_update(tx, axis_name)
+  device_update = _workers.device_update(tx, axis_name)
   step = _worker_step("shard", device_update, axis_name)
 
   def body(grads, state, params, extra):
@@ -173,7 +174,7 @@ def shard(tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, axis_name: 
   )
 
   def init(params):
-    return _transforms.init_workers(tx, params, n, sharding=workers)
+    return _workers.init_workers(tx, params, n, sharding=workers)
 
   def update(grads, state, params=None, **extra_args):
     _check_leading("shard", "state", state, n)

@@ -1,0 +1,212 @@
+"""The options every transformation shares (`Options`), their checks, and shared docs.
+
+The checks run when a factory is called, before anything is traced, and raise errors that
+name the argument and its value; values that may be traced (``inject_hyperparams``) are
+checked only when they are concrete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from biased_compression.collectives import _collectives
+from biased_compression.compressors import _base
+
+SCOPES = ("leaf", "global")
+
+
+# -- argument checks (values may be traced when the factory runs under inject_hyperparams) --
+
+
+def is_concrete(value) -> bool:
+  return not isinstance(value, jax.core.Tracer)
+
+
+def check_bound(fn: str, axis_name) -> None:
+  try:
+    jax.lax.axis_size(axis_name)
+  except NameError:
+    raise ValueError(
+      f"{fn}: axis_name {axis_name!r} is not bound here; call update inside "
+      f"jax.shard_map over a mesh with axis {axis_name!r}, or inside "
+      f"jax.vmap(..., axis_name={axis_name!r}) to simulate workers (see bc.init_workers)"
+    ) from None
+
+
+def check_compressor(fn: str, compressor) -> None:
+  if not isinstance(compressor, _base.Compressor):
+    raise TypeError(
+      f"{fn}: compressor must be a biased_compression Compressor (e.g. bc.top_k(0.01)), "
+      f"got {compressor!r}"
+    )
+
+
+def check_options(fn: str, *, scope, start_step, min_size, seed, axis_name) -> None:
+  if scope not in SCOPES:
+    raise ValueError(f"{fn}: scope must be 'leaf' or 'global', got {scope!r}")
+  if is_concrete(start_step):
+    if isinstance(start_step, bool) or not float(np.asarray(start_step)).is_integer():
+      raise ValueError(f"{fn}: start_step must be an int >= 0, got {start_step!r}")
+    if np.asarray(start_step) < 0:
+      raise ValueError(f"{fn}: start_step must be an int >= 0, got {start_step!r}")
+  if isinstance(min_size, bool) or not isinstance(min_size, (int, np.integer)) or min_size < 0:
+    raise ValueError(
+      f"{fn}: min_size must be an int >= 0 (a static argument under inject_hyperparams), "
+      f"got {min_size!r}"
+    )
+  if is_concrete(seed) and (isinstance(seed, bool) or np.ndim(seed) != 0):
+    raise ValueError(f"{fn}: seed must be an int, got {seed!r}")
+  if axis_name is not None:
+    try:
+      hash(axis_name)
+    except TypeError:
+      raise ValueError(
+        f"{fn}: axis_name must be None or a hashable name, got {axis_name!r}"
+      ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The options every transformation shares, as one value (see `error_feedback`).
+
+  Attributes:
+    seed: seed of the operator's randomness.
+    axis_name: the worker axis; None for one worker.
+    scope: ``"leaf"`` or ``"global"``.
+    start_step: dense steps before compression starts (may be traced under
+      ``inject_hyperparams``).
+    min_size: leaves smaller than this are sent dense (static).
+    method: how the mean over ``axis_name`` travels (`compressed_mean`).
+    dense_axis_name: a fast axis averaged uncompressed first, or None.
+  """
+
+  seed: Any = 0
+  axis_name: Any = None
+  scope: str = "leaf"
+  start_step: Any = 0
+  min_size: int = 0
+  method: str = "auto"
+  dense_axis_name: Any = None
+
+  def check(self, fn: str, compressor) -> None:
+    """Raises a ValueError naming the option and its value (before anything is traced)."""
+    check_compressor(fn, compressor)
+    check_options(
+      fn,
+      scope=self.scope,
+      start_step=self.start_step,
+      min_size=self.min_size,
+      seed=self.seed,
+      axis_name=self.axis_name,
+    )
+    _collectives.check_method(fn, self.method, compressor)
+    if self.dense_axis_name is not None and self.axis_name is None:
+      raise ValueError(
+        f"{fn}: dense_axis_name={self.dense_axis_name!r} (the fast axis, reduced uncompressed) "
+        "needs axis_name (the slow axis, reduced compressed)"
+      )
+
+
+def check_dtypes(fn: str, updates, leaves) -> None:
+  """The updates' dtypes are float32, bfloat16 or float16; the error names the leaf's path."""
+  bad = [i for i, x in enumerate(leaves) if jnp.dtype(x.dtype) not in _base.SUPPORTED_DTYPES]
+  if not bad:
+    return
+  paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(updates)[0]]
+  i = bad[0]
+  dtype = jnp.dtype(leaves[i].dtype)
+  hint = ""
+  if dtype == jnp.float64:
+    hint = " (jax_enable_x64 is on: cast the updates to float32 first)"
+  raise TypeError(
+    f"{fn}: updates must have dtypes float32, bfloat16 or float16; the leaf at "
+    f"{paths[i] or 'the root'} has {dtype} with shape {tuple(leaves[i].shape)}{hint}"
+  )
+
+
+def check_worker_state(fn: str, state, axis_name) -> None:
+  """Refuses the state of several workers (from `init_workers`) in a single worker's update."""
+  key_shape = jnp.shape(state.rng_key)
+  if len(key_shape) <= 1:
+    return
+  where = (
+    "a plain tx.update"
+    if axis_name is None
+    else f"an update that is not vmapped over the workers of axis {axis_name!r}"
+  )
+  raise ValueError(
+    f"{fn}: the state holds {key_shape[0]} workers (a leading worker axis, from "
+    f"bc.init_workers) but was given to {where}. Simulate the workers with "
+    "bc.simulated_update(tx, axis_name) (jax.vmap over the workers) or, on devices, use "
+    "bc.device_update(tx, axis_name) inside jax.shard_map; on one worker use tx.init(params)"
+  )
+
+
+def check_unit_interval(fn: str, name: str, value, *, low_open: bool, high_open: bool) -> None:
+  """Checks low < value < high with each end open or closed; skips traced values."""
+  if not is_concrete(value):
+    return
+  try:
+    v = float(np.asarray(value))
+  except (TypeError, ValueError):
+    v = math.nan
+  ok = (0.0 < v if low_open else 0.0 <= v) and (v < 1.0 if high_open else v <= 1.0)
+  if not ok:
+    interval = ("(" if low_open else "[") + "0, 1" + (")" if high_open else "]")
+    raise ValueError(f"{fn}: {name} must be in {interval}, got {value!r}")
+
+
+def check_contractive(fn: str, compressor: _base.Compressor, d: int) -> None:
+  """Error feedback needs C in B3: an unbiased C must be scaled by 1 / (1 + omega) first."""
+  if compressor.unbiased and not math.isfinite(compressor.delta(d)):
+    raise ValueError(
+      f"{fn}: {compressor.name} is unbiased with omega = {compressor.omega(d):.4g} at d = {d}, "
+      "so it is not contractive and error feedback would amplify the error; use "
+      f"bc.contractive({compressor.name}) (C / (1 + omega), in B3(1 + omega))."
+    )
+
+
+# -- the documentation every transformation shares ----------------------------------------------
+
+_METHODS_DOC = """\
+  Distributed methods (``method=``, with ``axis_name``), where mean_i is over the workers:
+
+  * ``"auto"`` (default) and ``"all_gather"``: mean_i {m} is the float32 mean of the workers'
+    decoded messages, so the update is the algorithm above exactly. ``"auto"`` takes
+    ``"psum"`` for linear codes with float32 payloads (`identity`, ``rand_k(...,
+    shared_indices=True)``), the same mean summed by one all-reduce; otherwise it is
+    ``"all_gather"`` ((n - 1) payloads per device).
+  * ``"psum"``: linear codes only; the payloads are summed by the all-reduce in the wire
+    dtype (bfloat16 for ``cast(jnp.bfloat16)``), then decoded.
+  * ``"two_stage"``: a different algorithm, the compressed all-reduce of DeepSpeed 1-bit Adam
+    and Bagua (about 2 (n - 1) / n payloads per device, independent of n). Each worker
+    compresses {m} as n chunks with ``C.for_chunks(d, n)`` (a sparsifier keeps k(d) / n
+    values per chunk, so k(d) must be a multiple of n; norm-based operators take one norm
+    per chunk), and mean_i {m} is replaced by S(mean_i {m}): the server of each chunk
+    re-compresses its chunk of the mean with the same chunk operator, with a server error
+    fed back (the state's ``server_error``) when C is biased and contractive, without one
+    when C is unbiased (so the result stays unbiased); a biased C in no class B3 (`sign`)
+    is refused.
+  * ``"majority_vote"``: `sign` only; mean_i {m} is replaced by the sign of the sum of the
+    workers' signs (signSGD with majority vote), a 1-bit downlink.
+
+  ``dense_axis_name`` (hierarchical meshes): the updates are first averaged over this fast
+  axis uncompressed, in float32; only ``axis_name``, the slow axis, is compressed. `bits_sent`
+  counts each worker's uplink (and, with ``server=True``, the two_stage server's downlink).
+"""
+
+
+def document_methods(message: str):
+  """Fills the ``DISTRIBUTED_METHODS`` line of a factory's docstring for its message."""
+
+  def wrap(fn):
+    fn.__doc__ = fn.__doc__.replace("  DISTRIBUTED_METHODS\n", _METHODS_DOC.format(m=message))
+    return fn
+
+  return wrap
