@@ -223,6 +223,51 @@ def test_orbax_restore_continues_bit_for_bit(tmp_path):
 # -- options ----------------------------------------------------------------------------------
 
 
+FACTORIES = [bc.compress, bc.diana, bc.error_feedback, bc.ef21, bc.ef21_sgdm, bc.econtrol]
+
+
+def _build(factory, **kwargs):
+  """factory with a compressor it accepts (and EControl's eta)."""
+  if factory is bc.diana:
+    return factory(bc.rand_k(k=2), **kwargs)
+  if factory is bc.econtrol:
+    return factory(bc.contractive(bc.rand_k(k=2)), 0.1, **kwargs)
+  return factory(bc.contractive(bc.rand_k(k=2)), **kwargs)
+
+
+@pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
+def test_options_value_equals_the_keywords(factory):
+  g = _params(1)
+  kwargs = dict(seed=3, scope="global", start_step=1, min_size=5)
+  a = _build(factory, **kwargs)
+  b = _build(factory, options=bc.transforms.Options(**kwargs))
+  sa, sb = a.init(g), b.init(g)
+  for _ in range(3):
+    ua, sa = jax.jit(a.update)(g, sa)
+    ub, sb = jax.jit(b.update)(g, sb)
+    _assert_trees_equal(ua, ub)
+  _assert_trees_equal(sa, sb)
+  assert bc.bits_sent(sa) == bc.bits_sent(sb) > 0
+
+
+@pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
+def test_options_errors_and_signature(factory):
+  import inspect
+
+  with pytest.raises(TypeError, match=r"options= or the keyword options \['seed'\]"):
+    _build(factory, seed=1, options=bc.transforms.Options())
+  with pytest.raises(TypeError, match="options must be a bc.transforms.Options"):
+    _build(factory, options={"seed": 1})
+  with pytest.raises(ValueError, match="scope must be 'leaf' or 'global'"):
+    _build(factory, options=bc.transforms.Options(scope="model"))
+  params = inspect.signature(factory).parameters
+  for name in ("seed", "axis_name", "scope", "start_step", "min_size", "method", "options"):
+    assert params[name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert f"    {name}: " in factory.__doc__, name
+  for word in ("participating", "probability", "weights", "dense_axis_name"):
+    assert f"``{word}``" in factory.__doc__, word
+
+
 def test_scope_leaf_and_global():
   g = _params(2)
   leaf = bc.compress(bc.top_k(k=3))

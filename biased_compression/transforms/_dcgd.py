@@ -41,17 +41,11 @@ class DianaState(NamedTuple):
   bits: _bits.BitCount
 
 
-@_options.document_methods("C(u_i)")
+@_options.factory("C(u_i)", "mean")
 def compress(
   compressor: _base.Compressor,
   *,
-  seed: int = 0,
-  axis_name: Any = None,
-  scope: str = "leaf",
-  start_step: int = 0,
-  min_size: int = 0,
-  method: str = "auto",
-  dense_axis_name: Any = None,
+  options: _options.Options,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Replaces each update by its compression: out = (1/n) sum_i C(u_i).
 
@@ -67,8 +61,7 @@ def compress(
 
   Args:
     compressor: the compressor C.
-    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
-      `error_feedback`.
+    OPTIONS
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a `CompressState`.
@@ -97,24 +90,18 @@ def compress(
     CompressState,
     algorithm,
     compressor,
-    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    options,
     contractive=False,
     participation="mean",
   )
 
 
-@_options.document_methods("m_i")
+@_options.factory("m_i", "sum_over_n")
 def diana(
   compressor: _base.Compressor,
   *,
   alpha: float | None = None,
-  seed: int = 0,
-  axis_name: Any = None,
-  scope: str = "leaf",
-  start_step: int = 0,
-  min_size: int = 0,
-  method: str = "auto",
-  dense_axis_name: Any = None,
+  options: _options.Options,
 ) -> optax.GradientTransformationExtraArgs:
   r"""DIANA: compress the difference between the gradient and a learned shift.
 
@@ -138,8 +125,7 @@ def diana(
       ``bc.induced(bc.top_k(0.01), bc.rand_k(0.01))``.
     alpha: the shift step in (0, 1]; by default 1 / (1 + omega(d)) for each compressed
       vector of d elements (the largest step the analysis allows).
-    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
-      `error_feedback`.
+    OPTIONS
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with a `DianaState`. Chain it before the
@@ -188,7 +174,7 @@ def diana(
     DianaState,
     algorithm,
     compressor,
-    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    options,
     worker_fields=("shift",),
     server_fields=("mean_shift",),
     contractive=False,

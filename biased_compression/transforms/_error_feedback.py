@@ -113,17 +113,11 @@ def _sub(a, b):
   return [x - y for x, y in zip(a, b, strict=True)]
 
 
-@_options.document_methods("Delta_i")
+@_options.factory("Delta_i", "mean")
 def error_feedback(
   compressor: _base.Compressor,
   *,
-  seed: int = 0,
-  axis_name: Any = None,
-  scope: str = "leaf",
-  start_step: int = 0,
-  min_size: int = 0,
-  method: str = "auto",
-  dense_axis_name: Any = None,
+  options: _options.Options,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Classic error feedback (EF, "EF14"): compress the update plus the accumulated error.
 
@@ -154,14 +148,7 @@ def error_feedback(
 
   Args:
     compressor: the compressor C, e.g. ``bc.top_k(0.01)``.
-    seed: seed of the operator's randomness.
-    axis_name: the worker axis; None for one worker.
-    scope: ``"leaf"`` or ``"global"`` (see the module docstring).
-    start_step: dense steps before compression starts.
-    min_size: leaves smaller than this are sent dense.
-    method: how the mean over ``axis_name`` is taken (above); the default is the exact mean
-      of the decoded messages.
-    dense_axis_name: a fast mesh axis averaged uncompressed before ``axis_name`` (above).
+    OPTIONS
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `ErrorFeedbackState`.
@@ -193,7 +180,7 @@ def error_feedback(
     ErrorFeedbackState,
     algorithm,
     compressor,
-    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    options,
     worker_fields=("error",),
     contractive=True,
     participation="mean",
@@ -206,18 +193,12 @@ def _ef21_step(step, v, estimate, mean_estimate):
   return _add(estimate, c), _add(mean_estimate, mean_c)
 
 
-@_options.document_methods("c_i")
+@_options.factory("c_i", "sum_over_n")
 def ef21(
   compressor: _base.Compressor,
   *,
   init: str = "zero",
-  seed: int = 0,
-  axis_name: Any = None,
-  scope: str = "leaf",
-  start_step: int = 0,
-  min_size: int = 0,
-  method: str = "auto",
-  dense_axis_name: Any = None,
+  options: _options.Options,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21: each worker sends the compressed change of its gradient estimate.
 
@@ -242,8 +223,7 @@ def ef21(
   Args:
     compressor: a contractive compressor C (B3).
     init: ``"zero"``, ``"compressed"`` or ``"dense"``.
-    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
-      `error_feedback`.
+    OPTIONS
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `EF21State`. Chain it before the
@@ -265,7 +245,7 @@ def ef21(
     EF21State,
     algorithm,
     compressor,
-    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    options,
     worker_fields=("estimate",),
     server_fields=("mean_estimate",),
     contractive=True,
@@ -274,18 +254,12 @@ def ef21(
   )
 
 
-@_options.document_methods("c_i")
+@_options.factory("c_i", "sum_over_n")
 def ef21_sgdm(
   compressor: _base.Compressor,
   momentum: float = 0.9,
   *,
-  seed: int = 0,
-  axis_name: Any = None,
-  scope: str = "leaf",
-  start_step: int = 0,
-  min_size: int = 0,
-  method: str = "auto",
-  dense_axis_name: Any = None,
+  options: _options.Options,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EF21-SGDM: EF21 applied to each worker's Polyak momentum of its stochastic gradients.
 
@@ -304,8 +278,7 @@ def ef21_sgdm(
   Args:
     compressor: a contractive compressor C (B3).
     momentum: beta in [0, 1).
-    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
-      `error_feedback`.
+    OPTIONS
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `EF21SGDMState`.
@@ -332,7 +305,7 @@ def ef21_sgdm(
     EF21SGDMState,
     algorithm,
     compressor,
-    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    options,
     worker_fields=("momentum", "estimate"),
     server_fields=("mean_estimate",),
     contractive=True,
@@ -340,18 +313,12 @@ def ef21_sgdm(
   )
 
 
-@_options.document_methods("Delta_i")
+@_options.factory("Delta_i", "sum_over_n")
 def econtrol(
   compressor: _base.Compressor,
   eta: float,
   *,
-  seed: int = 0,
-  axis_name: Any = None,
-  scope: str = "leaf",
-  start_step: int = 0,
-  min_size: int = 0,
-  method: str = "auto",
-  dense_axis_name: Any = None,
+  options: _options.Options,
 ) -> optax.GradientTransformationExtraArgs:
   r"""EControl: error feedback whose strength is controlled by eta.
 
@@ -369,8 +336,7 @@ def econtrol(
     eta: the feedback strength in (0, 1] (the paper tunes it; small eta is more stable:
       measured with Top-k at delta = 32 on 8 workers and a constant gradient, eta = 0.5
       diverges and eta <= 0.05 stays bounded; eta of order 1 / delta is a safe start).
-    seed, axis_name, scope, start_step, min_size, method, dense_axis_name: as in
-      `error_feedback`.
+    OPTIONS
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with an `EControlState`. Chain it before the
@@ -399,7 +365,7 @@ def econtrol(
     EControlState,
     algorithm,
     compressor,
-    _options.Options(seed, axis_name, scope, start_step, min_size, method, dense_axis_name),
+    options,
     worker_fields=("error", "estimate"),
     server_fields=("mean_estimate",),
     contractive=True,

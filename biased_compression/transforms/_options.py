@@ -8,6 +8,8 @@ checked only when they are concrete.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import math
 from typing import Any
 
@@ -73,17 +75,26 @@ def check_options(fn: str, *, scope, start_step, min_size, seed, axis_name) -> N
 
 @dataclasses.dataclass(frozen=True)
 class Options:
-  """The options every transformation shares, as one value (see `error_feedback`).
+  """The options every transformation shares, as one value.
+
+  Every factory (`compress`, `error_feedback`, ...) takes them as keywords, or all at once
+  as ``options=Options(...)`` (e.g. to build several transformations alike).
 
   Attributes:
-    seed: seed of the operator's randomness.
-    axis_name: the worker axis; None for one worker.
-    scope: ``"leaf"`` or ``"global"``.
-    start_step: dense steps before compression starts (may be traced under
+    seed: seed of the operator's randomness (an int; a traced int under
       ``inject_hyperparams``).
-    min_size: leaves smaller than this are sent dense (static).
-    method: how the mean over ``axis_name`` travels (`compressed_mean`).
-    dense_axis_name: a fast axis averaged uncompressed first, or None.
+    axis_name: the worker axis (a ``jax.shard_map`` mesh axis, or the axis of
+      ``jax.vmap(..., axis_name=)`` / `biased_compression.simulate`); None for one worker.
+    scope: ``"leaf"`` compresses each leaf on its own; ``"global"`` concatenates every
+      compressed leaf into one vector (e.g. global Top-k over the whole model).
+    start_step: dense (uncompressed) steps before compression starts; may be traced under
+      ``inject_hyperparams``.
+    min_size: leaves with fewer elements are sent dense (static).
+    method: how the mean over ``axis_name`` travels: ``"auto"`` (the exact mean of the
+      decoded messages), ``"all_gather"``, ``"psum"``, ``"two_stage"`` or
+      ``"majority_vote"`` (see `biased_compression.compressed_mean`).
+    dense_axis_name: a fast mesh axis over which the updates are first averaged
+      uncompressed in float32 (hierarchical meshes); only ``axis_name`` is compressed.
   """
 
   seed: Any = 0
@@ -202,11 +213,84 @@ _METHODS_DOC = """\
 """
 
 
-def document_methods(message: str):
-  """Fills the ``DISTRIBUTED_METHODS`` line of a factory's docstring for its message."""
+_OPTIONS_DOC = """\
+    seed: seed of the operator's randomness.
+    axis_name: the worker axis (a shard_map mesh axis, or a vmap axis name as in
+      `biased_compression.simulate`); None for one worker.
+    scope: ``"leaf"`` (each leaf compressed on its own) or ``"global"`` (all compressed
+      leaves as one vector).
+    start_step: dense steps before compression starts.
+    min_size: leaves with fewer elements are sent dense.
+    method: how the mean over ``axis_name`` travels (above); the default is the exact mean
+      of the decoded messages.
+    dense_axis_name: a fast mesh axis averaged uncompressed before ``axis_name`` (above).
+    options: all of the above as one `Options` (instead of the keywords).
+"""
+
+_UPDATE_DOC = {
+  "mean": """\
+  Partial participation, given to ``update(updates, state, params, ...)`` per worker (under
+  ``axis_name``): ``participating`` (bool: whether this worker sends this step) replaces
+  mean_i by the mean over the participants S; with ``probability`` p_i as well, by the
+  unbiased (1/n) sum_{{i in S}} {m} / p_i; ``weights`` w_i (e.g. a gradient code's decoding
+  coefficients for the current stragglers) give sum_{{i in S}} w_i {m} as they are.
+  A worker that does not participate sends nothing and keeps its state.
+""",
+  "sum_over_n": """\
+  Partial participation, given to ``update(updates, state, params, ...)`` per worker (under
+  ``axis_name``): ``participating`` (bool: whether this worker sends this step) replaces
+  mean_i by (1/n) sum_{{i in S}} {m} over the participants S, so that the server's estimate
+  stays the mean of the workers' estimates (a worker that does not participate keeps its
+  own); with ``probability`` p_i as well, by (1/n) sum_{{i in S}} {m} / p_i; ``weights`` w_i
+  give sum_{{i in S}} w_i {m} as they are.
+""",
+}
+
+_OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Options))
+
+
+def factory(message: str, participation: str):
+  """Gives a transformation factory the shared options and their documentation.
+
+  The decorated ``fn(compressor, *, <own keywords>, options: Options)`` becomes
+  ``fn(compressor, *, <own keywords>, seed=0, axis_name=None, ..., options=None)``: the
+  keywords build the `Options` (or ``options=`` gives them all at once), so the options
+  are declared, checked and documented once. In the docstring, ``DISTRIBUTED_METHODS``
+  becomes the methods and participation text for ``message`` (the worker's message, e.g.
+  ``"Delta_i"``) and ``OPTIONS`` the options' Args entries.
+  """
 
   def wrap(fn):
-    fn.__doc__ = fn.__doc__.replace("  DISTRIBUTED_METHODS\n", _METHODS_DOC.format(m=message))
-    return fn
+    name = fn.__name__
+    signature = inspect.signature(fn)
+    own = [p for p in signature.parameters.values() if p.name != "options"]
+    added = [
+      inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default)
+      for f in dataclasses.fields(Options)
+    ]
+    added.append(inspect.Parameter("options", inspect.Parameter.KEYWORD_ONLY, default=None))
+
+    @functools.wraps(fn)
+    def wrapper(*args, options: Options | None = None, **kwargs):
+      given = {k: kwargs.pop(k) for k in _OPTION_NAMES if k in kwargs}
+      if options is None:
+        options = Options(**given)
+      elif not isinstance(options, Options):
+        raise TypeError(f"{name}: options must be a bc.transforms.Options, got {options!r}")
+      elif given:
+        raise TypeError(
+          f"{name}: give options= or the keyword options {sorted(given)}, not both"
+        )
+      return fn(*args, options=options, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=own + added)
+    doc = fn.__doc__
+    methods = _METHODS_DOC.format(m=message) + "\n" + _UPDATE_DOC[participation].format(m=message)
+    for marker, text in (("  DISTRIBUTED_METHODS\n", methods), ("    OPTIONS\n", _OPTIONS_DOC)):
+      if marker not in doc:
+        raise ValueError(f"factory: the docstring of {name} has no {marker.strip()} line")
+      doc = doc.replace(marker, text)
+    wrapper.__doc__ = doc
+    return wrapper
 
   return wrap
