@@ -29,6 +29,7 @@ from biased_compression.compressors import identity
 from biased_compression.compressors import induced
 from biased_compression.compressors import natural_compression
 from biased_compression.compressors import natural_dithering
+from biased_compression.compressors import parse_compressor
 from biased_compression.compressors import rand_k
 from biased_compression.compressors import scaled
 from biased_compression.compressors import scaled_sign
@@ -103,6 +104,7 @@ __all__ = (
   "init_workers",
   "natural_compression",
   "natural_dithering",
+  "parse_compressor",
   "rand_k",
   "scaled",
   "scaled_sign",

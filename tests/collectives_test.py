@@ -202,6 +202,47 @@ def test_majority_vote_is_the_sign_of_the_sum_of_signs():
   np.testing.assert_array_equal(got, np.where(votes >= 0, 1.0, -1.0))
 
 
+class _BytePerSign(bc.Compressor):
+  """A user's sign operator (one byte per sign): the collectives see only its flags."""
+
+  sign_valued = True
+
+  def __hash__(self):
+    return 0
+
+  def __eq__(self, other):
+    return isinstance(other, _BytePerSign)
+
+  def _encode(self, x, key):
+    return {"signs": (x < 0).astype(jnp.uint8)}
+
+  def _decode(self, payload, d, dtype, key):
+    return (1.0 - 2.0 * payload["signs"].astype(jnp.float32)).astype(dtype)
+
+  def bits(self, d):
+    return 8 * d
+
+  def omega(self, d):
+    return float("inf")
+
+  def delta(self, d):
+    return float("inf")
+
+
+def test_majority_vote_takes_any_sign_valued_code():
+  x = jax.random.normal(jax.random.key(6), (N, 64))
+  vote = jax.jit(
+    jax.vmap(
+      lambda v: bc.compressed_mean(v, _BytePerSign(), "w", method="majority_vote").mean,
+      axis_name="w",
+    )
+  )(x)[0]
+  votes = np.sign(np.asarray(x)).sum(0)
+  np.testing.assert_array_equal(vote, np.where(votes >= 0, 1.0, -1.0))
+  with pytest.raises(ValueError, match="needs a sign-valued code"):
+    bc.compressed_mean(x[0], bc.scaled_sign(), "w", method="majority_vote")
+
+
 # -- traffic ------------------------------------------------------------------------------------
 
 
@@ -446,7 +487,7 @@ def test_orbax_saves_every_device_state(tmp_path):
 def test_method_not_valid_for_the_compressor():
   with pytest.raises(ValueError, match="method='psum' needs a linear code"):
     bc.error_feedback(bc.top_k(0.1), axis_name="w", method="psum")
-  with pytest.raises(ValueError, match="method='majority_vote' needs bc.sign"):
+  with pytest.raises(ValueError, match="method='majority_vote' needs a sign-valued code"):
     bc.compress(bc.scaled_sign(), axis_name="w", method="majority_vote")
   with pytest.raises(ValueError, match="shared indices"):
     bc.compress(bc.rand_k(0.1, shared_indices=True), axis_name="w", method="two_stage")

@@ -58,7 +58,6 @@ import jax
 import jax.numpy as jnp
 
 from biased_compression.compressors import _base
-from biased_compression.compressors import _quantization
 
 METHODS = ("auto", "all_gather", "two_stage", "psum", "majority_vote")
 _SERVER_SALT = 0x5EED
@@ -100,8 +99,10 @@ def check_method(fn: str, method: str, compressor: _base.Compressor) -> None:
       f"{fn}: method='two_stage' re-compresses on each server with its own randomness, which "
       f"the receivers of {compressor.name} (shared indices) cannot regenerate; use 'psum'"
     )
-  if method == "majority_vote" and not isinstance(compressor, _quantization.Sign):
-    raise ValueError(f"{fn}: method='majority_vote' needs bc.sign(), got {compressor.name}")
+  if method == "majority_vote" and not compressor.sign_valued:
+    raise ValueError(
+      f"{fn}: method='majority_vote' needs a sign-valued code (bc.sign()), got {compressor.name}"
+    )
 
 
 def chunking(d: int, n: int) -> tuple[int, int]:
@@ -137,8 +138,7 @@ def _server_feedback(fn: str, chunk_compressor: _base.Compressor, chunk: int) ->
     return False
   if math.isfinite(chunk_compressor.delta(chunk)):
     return True
-  is_sign = isinstance(chunk_compressor, _quantization.Sign)
-  hint = " use method='majority_vote' or" if is_sign else ""
+  hint = " use method='majority_vote' or" if chunk_compressor.sign_valued else ""
   raise ValueError(
     f"{fn}: method='two_stage' re-compresses the workers' mean on the server, with error "
     f"feedback for a biased compressor, which needs it to be contractive; "

@@ -7,7 +7,8 @@
   `exponential_rounding`, `standard_dithering`, `natural_dithering`, `identity`, `cast`) and
   sparsifiers (`top_k`, `rand_k`, `adaptive_random_sparsification`).
 * Combinators: `compose`, `induced`, `scaled`, `contractive`, `top_k_natural_dithering`.
-* The registry of example operators, `standard_compressors`.
+* The registry of example operators, `standard_compressors`, and `parse_compressor` for
+  short specs such as ``"top_k:0.01"``.
 """
 
 from biased_compression.compressors._base import ClassConstants
@@ -29,6 +30,7 @@ from biased_compression.compressors._quantization import natural_dithering
 from biased_compression.compressors._quantization import scaled_sign
 from biased_compression.compressors._quantization import sign
 from biased_compression.compressors._quantization import standard_dithering
+from biased_compression.compressors._registry import parse_compressor
 from biased_compression.compressors._registry import standard_compressors
 from biased_compression.compressors._sparsification import adaptive_random_sparsification
 from biased_compression.compressors._sparsification import rand_k
@@ -50,6 +52,7 @@ __all__ = [
   "induced",
   "natural_compression",
   "natural_dithering",
+  "parse_compressor",
   "rand_k",
   "scaled",
   "scaled_sign",

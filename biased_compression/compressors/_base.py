@@ -69,12 +69,18 @@ class Compressor(abc.ABC):
       messages (so an all-reduce can sum payloads: ``method="psum"``).
     shared_randomness: whether the receiver regenerates the randomness from the key instead
       of receiving it (so every worker must use the same key, and decoding needs it).
+    sign_valued: whether C(x) = sign(x) (values in {-1, +1}, no scale), so that C of the
+      workers' mean is their majority vote (``method="majority_vote"``).
+
+  The collectives read these flags, never the class: a new operator (or a wrapper, which
+  forwards them) gets the methods its flags allow.
   """
 
   unbiased: bool = False
   needs_key: bool = False
   linear: bool = False
   shared_randomness: bool = False
+  sign_valued: bool = False
 
   # -- the wire format -------------------------------------------------------------------
 

@@ -191,6 +191,8 @@ def _norm(xf: jax.Array, p: float) -> jax.Array:
 class Sign(_base.Compressor):
   """sign(x), one bit per coordinate. See `sign`."""
 
+  sign_valued = True
+
   def __repr__(self):
     return "sign()"
 

@@ -278,9 +278,7 @@ def factory(message: str, participation: str):
       elif not isinstance(options, Options):
         raise TypeError(f"{name}: options must be a bc.transforms.Options, got {options!r}")
       elif given:
-        raise TypeError(
-          f"{name}: give options= or the keyword options {sorted(given)}, not both"
-        )
+        raise TypeError(f"{name}: give options= or the keyword options {sorted(given)}, not both")
       return fn(*args, options=options, **kwargs)
 
     wrapper.__signature__ = signature.replace(parameters=own + added)
