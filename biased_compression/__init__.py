@@ -16,6 +16,7 @@ from biased_compression.collectives import compressed_mean
 from biased_compression.collectives import traffic_bits
 from biased_compression.compressors import ClassConstants
 from biased_compression.compressors import Compressor
+from biased_compression.compressors import Sparsifier
 from biased_compression.compressors import adaptive_random_sparsification
 from biased_compression.compressors import b1_constants
 from biased_compression.compressors import b2_constants
@@ -71,6 +72,7 @@ __all__ = (
   "ClassConstants",
   "CompressState",
   "Compressor",
+  "Sparsifier",
   "DianaState",
   "EControlState",
   "EF21SGDMState",

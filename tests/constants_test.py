@@ -1,4 +1,4 @@
-"""The constants: closed forms of REFERENCES.md and the conversions between classes."""
+"""The constants: the closed forms of the papers and the conversions between the classes."""
 
 import math
 
@@ -104,3 +104,17 @@ def test_conversions_are_consistent(name):
     if math.isfinite(k.b3):
       assert k.b3 >= 1
       assert k.b2 is not None
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_one_path_to_the_constants(name):
+  # c.b1 / c.b2 / c.b3 are the converted constants, never None where a class inclusion gives
+  # them: B2 whenever delta is finite, B1 whenever B2 exists
+  c = REGISTRY[name]
+  for d in (1, 10, 1000):
+    b1, b2, b3 = c.b1(d), c.b2(d), c.b3(d)
+    assert (b1, b2, b3) == (bc.b1_constants(c, d), bc.b2_constants(c, d), bc.b3_constants(c, d))
+    if math.isfinite(b3):
+      assert b2 is not None and b2[0] > 0 and 0 < b2[1] <= 2 + 1e-12
+    if b2 is not None:
+      assert b1 is not None and b1[0] <= b1[1] + 1e-12

@@ -219,7 +219,7 @@ class _UnscaledRandK(_sparsification.RandK):
   def __repr__(self):
     return "broken_rand_k()"
 
-  def _value_scale(self, d):
+  def value_scale(self, d):
     return 1.0
 
 

@@ -173,7 +173,7 @@ def chex_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-# -- compressed GD: the rate of REFERENCES.md ---------------------------------------------------
+# -- compressed GD: the rate of Beznosikov et al. --------------------------------------------------
 
 QUAD_D = 40
 QUAD_MU, QUAD_L = 1.0, 10.0

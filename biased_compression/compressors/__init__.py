@@ -32,6 +32,7 @@ from biased_compression.compressors._quantization import sign
 from biased_compression.compressors._quantization import standard_dithering
 from biased_compression.compressors._registry import parse_compressor
 from biased_compression.compressors._registry import standard_compressors
+from biased_compression.compressors._sparsification import Sparsifier
 from biased_compression.compressors._sparsification import adaptive_random_sparsification
 from biased_compression.compressors._sparsification import rand_k
 from biased_compression.compressors._sparsification import top_k
@@ -39,6 +40,7 @@ from biased_compression.compressors._sparsification import top_k
 __all__ = [
   "ClassConstants",
   "Compressor",
+  "Sparsifier",
   "adaptive_random_sparsification",
   "b1_constants",
   "b2_constants",

@@ -8,9 +8,10 @@ expectations over its own randomness:
 * B2(gamma, beta): max(gamma ||x||^2, E||C(x)||^2 / beta) <= <E C(x), x>.
 * B3(delta), delta >= 1: E||C(x) - x||^2 <= (1 - 1/delta) ||x||^2.
 
-The B1 and B2 forms are those of the project's REFERENCES.md, marked there as recalled
-rather than checked against the paper's text; every conversion below is proved from these
-forms, and the Monte-Carlo tests check each operator's B2 constants as stated here.
+The B1 and B2 forms are those of Beznosikov et al. (2023, arXiv:2002.12410, Definitions 1
+to 3) as recalled, not checked against the paper's printed text (only its abstract was
+available); every conversion below is proved from these forms, and the Monte-Carlo tests
+(tests/statistics_test.py) check each operator's B2 constants as stated here.
 
 Every compressor states its constants natively in B2 (and U when unbiased). The others follow
 from one-line conversions, each proved from the definitions:
@@ -60,7 +61,13 @@ class Compressor(abc.ABC):
   shape, seen as a vector of ``d = x.size`` coordinates; the result has the input's shape and
   dtype. All methods work under ``jax.jit``, ``jax.vmap`` and inside ``jax.shard_map``.
 
-  Subclasses implement ``_encode``, ``_decode``, ``bits`` and their constants.
+  Writing a compressor: a subclass (a frozen dataclass) implements the wire format,
+  ``_encode(x, key) -> payload`` and ``_decode(payload, d, dtype, key) -> x`` on 1-D arrays
+  (`encode`, `decode` and `compress` check the arguments and call them), ``bits(d)``, and
+  its constants: ``omega`` for an unbiased operator, else ``delta`` or the native classes
+  ``native_b2`` / ``native_b1``. The constants are read with `b1`, `b2`, `b3` (or
+  `class_constants`), which convert between the classes where the native ones are missing.
+  A sparsifier derives from `biased_compression.Sparsifier` instead.
 
   Attributes:
     unbiased: whether E C(x) = x for every x.
@@ -194,21 +201,36 @@ class Compressor(abc.ABC):
     del d
     return math.inf
 
-  def b2(self, d: int) -> tuple[float, float] | None:
-    """Native B2(gamma, beta) constants for dimension ``d``, or None if in no class."""
+  def native_b2(self, d: int) -> tuple[float, float] | None:
+    """The operator's own B2(gamma, beta) constants at ``d``, or None (a subclass hook).
+
+    Read the constants with `b2` (or `class_constants`), which also converts from B3.
+    """
+    if self.unbiased:
+      return (1.0, 1.0 + self.omega(d))
+    return None
+
+  def native_b1(self, d: int) -> tuple[float, float] | None:
+    """The operator's own B1(alpha, beta) constants, or None (a subclass hook; see `b1`)."""
     if self.unbiased:
       return (1.0, 1.0 + self.omega(d))
     return None
 
   def b1(self, d: int) -> tuple[float, float] | None:
-    """Native B1(alpha, beta) constants, or None (`b1_constants` then converts from B2)."""
-    if self.unbiased:
-      return (1.0, 1.0 + self.omega(d))
-    return None
+    """(alpha, beta) with C in B1(alpha, beta) at ``d``: native, else converted from B2."""
+    return b1_constants(self, d)
+
+  def b2(self, d: int) -> tuple[float, float] | None:
+    """(gamma, beta) with C in B2(gamma, beta) at ``d``: native, else from B3; or None."""
+    return b2_constants(self, d)
+
+  def b3(self, d: int) -> float:
+    """delta with C in B3(delta) at ``d`` (the same as `delta`; ``inf`` if in no B3)."""
+    return self.delta(d)
 
   def delta(self, d: int) -> float:
     """B3 constant: E||C(x) - x||^2 <= (1 - 1/delta) ||x||^2; ``inf`` if not contractive."""
-    b2 = self.b2(d)
+    b2 = self.native_b2(d)
     if b2 is None:
       return math.inf
     gamma, beta = b2
@@ -361,7 +383,7 @@ def class_constants(compressor: Compressor, d: int) -> ClassConstants:
 
 def b1_constants(compressor: Compressor, d: int) -> tuple[float, float] | None:
   """(alpha, beta) with C in B1(alpha, beta) at dimension d, or None."""
-  b1 = compressor.b1(d)
+  b1 = compressor.native_b1(d)
   if b1 is None:
     b2 = b2_constants(compressor, d)
     b1 = None if b2 is None else (b2[0] ** 2, b2[1])
@@ -373,7 +395,7 @@ def b2_constants(compressor: Compressor, d: int) -> tuple[float, float] | None:
 
   Uses the operator's native constants, else B3(delta) in B2(1 / (2 delta), 2).
   """
-  b2 = compressor.b2(d)
+  b2 = compressor.native_b2(d)
   if b2 is None:
     delta = compressor.delta(d)
     if math.isfinite(delta):

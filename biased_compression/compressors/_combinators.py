@@ -77,7 +77,7 @@ class Compose(_base.Compressor):
       return self.outer._encode(
         self.inner._decode(self.inner._encode(x, k_in), x.shape[0], x.dtype, k_in), k_out
       )
-    values, indices = self.inner._select(x, k_in)
+    values, indices = self.inner.select(x, k_in)
     payload = self.inner._index_payload(indices, x.shape[0])
     return {**payload, "values": self.outer._encode(values, k_out)}
 
@@ -105,9 +105,9 @@ class Compose(_base.Compressor):
     w1, w2 = self.inner.omega(d), self.outer.omega(self._outer_dim(d))
     return w1 * w2 + w1 + w2
 
-  def b2(self, d):
+  def native_b2(self, d):
     if self.unbiased:
-      return super().b2(d)
+      return super().native_b2(d)
     inner = _base.b2_constants(self.inner, d)
     if not self.outer.unbiased or inner is None:
       return None
@@ -199,7 +199,7 @@ class _Rescaled(_base.Compressor):
   def for_chunks(self, d, n):
     return dataclasses.replace(self, compressor=self.compressor.for_chunks(d, n))
 
-  def b2(self, d):
+  def native_b2(self, d):
     inner = _base.b2_constants(self.compressor, d)
     if inner is None:
       return None

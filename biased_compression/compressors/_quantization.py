@@ -235,11 +235,11 @@ class ScaledSign(_base.Compressor):
   def bits(self, d):
     return 32 + 8 * _bitpack.packed_size(d, 1)
 
-  def b2(self, d):
+  def native_b2(self, d):
     # <C(x), x> = ||C(x)||^2 = ||x||_1^2 / d >= ||x||^2 / d.
     return (1.0 / d, 1.0)
 
-  def b1(self, d):
+  def native_b1(self, d):
     return (1.0 / d, 1.0)
 
 
@@ -362,9 +362,9 @@ class ExponentialRounding(_base.Compressor):
     b = self.base
     return (b + 1) ** 2 / (4 * b) - 1 if self.unbiased else math.inf
 
-  def b2(self, d):
+  def native_b2(self, d):
     if self.unbiased:
-      return super().b2(d)
+      return super().native_b2(d)
     # Nearest rounding multiplies x_i by r_i in [2 / (b + 1), 2b / (b + 1)].
     b = self.base
     return (2 / (b + 1), 2 * b / (b + 1))
@@ -578,7 +578,7 @@ class Cast(_base.Compressor):
   def bits(self, d):
     return 8 * jnp.dtype(self.dtype).itemsize * d
 
-  def b2(self, d):
+  def native_b2(self, d):
     u = self._unit_roundoff()
     return (1.0 - u, 1.0 + u)
 

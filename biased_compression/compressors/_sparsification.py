@@ -32,19 +32,49 @@ __all__ = [
 
 
 class Sparsifier(_base.Compressor):
-  """A compressor that sends k (value, index) pairs."""
+  """A compressor that sends k (value, index) pairs: the base class of a user's sparsifier.
+
+  A subclass (a frozen dataclass) implements `num_values` and `select`, and its constants
+  (``omega`` if ``unbiased``, else ``delta``); the wire format (the values in the input
+  dtype, the indices in the narrowest unsigned type for d), ``bits``, decoding and
+  `for_chunks` come from here. `biased_compression.compose` recognises a `Sparsifier` as
+  its inner operator and quantises only the k kept values (Top-k + natural dithering's
+  sparse path), so a user's sparsifier gets it too. Optional: `value_scale` (e.g. d/k for
+  unbiased rand-k), ``sends_indices = False`` when the receiver regenerates the indices
+  from the key (then ``shared_randomness`` must be True), and `with_k` (for two_stage).
+
+  Example:
+    >>> import dataclasses, jax.numpy as jnp, biased_compression as bc
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class FirstK(bc.compressors.Sparsifier):
+    ...   k: int = 2
+    ...   def num_values(self, d):
+    ...     return min(self.k, d)
+    ...   def select(self, x, key):
+    ...     k = self.num_values(x.shape[0])
+    ...     return x[:k], None if k == x.shape[0] else jnp.arange(k, dtype=jnp.int32)
+    ...   def delta(self, d):
+    ...     return float("inf")  # in no class B3: the tail may hold all the mass
+    >>> c = bc.compose(bc.scaled_sign(), FirstK(k=2))  # scaled sign of the kept values
+    >>> c.compress(jnp.array([3.0, -5.0, 1.0, 1.0]))
+    Array([ 4., -4.,  0.,  0.], dtype=float32)
+    >>> c.bits(4) == FirstK(k=2).index_bits(4) + bc.scaled_sign().bits(2)  # the sparse path
+    True
+  """
 
   sends_indices: bool = True
 
   def num_values(self, d: int) -> int:
-    """Number of values sent for a d-element leaf."""
+    """Number of values k sent for a d-element leaf (0 <= k <= d; static)."""
     raise NotImplementedError
 
-  def _select(self, x: jax.Array, key) -> tuple[jax.Array, jax.Array | None]:
-    """Returns the kept values (input dtype) and their int32 indices (None if k == d)."""
+  def select(self, x: jax.Array, key) -> tuple[jax.Array, jax.Array | None]:
+    """The kept values of a 1-D ``x`` (its dtype, ``num_values`` of them) and their int32
+    indices (distinct), or None for the indices when every value is kept."""
     raise NotImplementedError
 
-  def _value_scale(self, d: int) -> float:
+  def value_scale(self, d: int) -> float:
+    """The factor the decoder applies to the kept values (d / k for unbiased rand-k)."""
     return 1.0
 
   def _index_payload(self, indices: jax.Array | None, d: int) -> dict:
@@ -60,7 +90,7 @@ class Sparsifier(_base.Compressor):
   def _place(self, values: jax.Array, indices, d: int, dtype, factor: float = 1.0):
     # One multiplication by the combined factor, so that contractive(rand_k) = (k/d)(d/k) x
     # never overflows in between.
-    scale = self._value_scale(d) * factor
+    scale = self.value_scale(d) * factor
     if scale != 1.0:
       values = (values.astype(jnp.float32) * scale).astype(dtype)
     values = values.astype(dtype)
@@ -69,7 +99,7 @@ class Sparsifier(_base.Compressor):
     return jnp.zeros((d,), dtype).at[indices].set(values, unique_indices=True)
 
   def _encode(self, x, key):
-    values, indices = self._select(x, key)
+    values, indices = self.select(x, key)
     return {"values": values, **self._index_payload(indices, x.shape[0])}
 
   def _decode(self, payload, d, dtype, key):
@@ -87,19 +117,19 @@ class Sparsifier(_base.Compressor):
   def _density(self, d: int) -> float:
     return self.num_values(d) / d
 
-  def _with_k(self, k: int) -> Sparsifier:
-    """This sparsifier with a fixed k (for `for_chunks`); None where k is not a parameter."""
+  def with_k(self, k: int) -> Sparsifier | None:
+    """This sparsifier keeping a fixed k (two_stage's chunks); None if k is no parameter."""
     return None
 
   def for_chunks(self, d: int, n: int) -> Sparsifier:
     if n == 1:
       return self
     k = self.num_values(d)
-    chunked = self._with_k(k // n) if k % n == 0 else None
+    chunked = self.with_k(k // n) if k % n == 0 else None
     if chunked is not None:
       return chunked
     fix = "Use method='all_gather' (the exact algorithm)"
-    if self._with_k(1) is not None:
+    if self.with_k(1) is not None:
       fix += f", or a k that n divides, e.g. k={max(n, n * round(k / n))}"
     raise ValueError(
       f"{self.name} keeps k = {k} of the d = {d} values of a message, which two_stage "
@@ -133,10 +163,10 @@ class TopK(Sparsifier):
   def num_values(self, d):
     return _base.resolve_k(self.ratio, self.k, d)
 
-  def _with_k(self, k):
+  def with_k(self, k):
     return dataclasses.replace(self, ratio=None, k=k)
 
-  def _select(self, x, key):
+  def select(self, x, key):
     d = x.shape[0]
     k = self.num_values(d)
     if k == d:
@@ -151,10 +181,10 @@ class TopK(Sparsifier):
     windows, size = _topk.approx_windows(d, k, self.recall_target)
     return k / (windows * size)
 
-  def b2(self, d):
+  def native_b2(self, d):
     return (self._kept_energy(d), 1.0)
 
-  def b1(self, d):
+  def native_b1(self, d):
     # ||T(x)||^2 = <T(x), x> >= gamma ||x||^2, so alpha = gamma, beta = 1.
     return (self._kept_energy(d), 1.0)
 
@@ -257,14 +287,14 @@ class RandK(Sparsifier):
   def num_values(self, d):
     return _base.resolve_k(self.ratio, self.k, d)
 
-  def _with_k(self, k):
+  def with_k(self, k):
     return dataclasses.replace(self, ratio=None, k=k)
 
   def _subset(self, key, d):
     k = self.num_values(d)
     return None if k == d else _sample_subset(key, d, k)
 
-  def _select(self, x, key):
+  def select(self, x, key):
     indices = self._subset(key, x.shape[0])
     return (x, None) if indices is None else (x[indices], indices)
 
@@ -278,21 +308,21 @@ class RandK(Sparsifier):
       )
     return self._subset(key, d)
 
-  def _value_scale(self, d):
+  def value_scale(self, d):
     k = self.num_values(d)
     return d / k if self.unbiased and k else 1.0  # k = 0 only for an empty leaf
 
   def omega(self, d):
     return d / self.num_values(d) - 1.0 if self.unbiased else math.inf
 
-  def b2(self, d):
+  def native_b2(self, d):
     if self.unbiased:
       return (1.0, d / self.num_values(d))
     # E C(x) = (k/d) x and E||C(x)||^2 = (k/d) ||x||^2.
     return (self._density(d), 1.0)
 
-  def b1(self, d):
-    return super().b1(d) if self.unbiased else (self._density(d), 1.0)
+  def native_b1(self, d):
+    return super().native_b1(d) if self.unbiased else (self._density(d), 1.0)
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
@@ -307,7 +337,7 @@ class AdaptiveRandomSparsification(Sparsifier):
   def num_values(self, d):
     return min(1, d)
 
-  def _select(self, x, key):
+  def select(self, x, key):
     d = x.shape[0]
     if d <= 1:
       return x, None
@@ -330,12 +360,12 @@ class AdaptiveRandomSparsification(Sparsifier):
     index = (row * block + col)[None].astype(jnp.int32)
     return x[index], index
 
-  def b2(self, d):
+  def native_b2(self, d):
     # E C(x) = sum_i (|x_i| / ||x||_1) x_i e_i, so <E C, x> = E||C||^2 = sum |x_i|^3 / ||x||_1,
     # which is >= ||x||^2 / d by Chebyshev's sum inequality.
     return (1.0 / d, 1.0)
 
-  def b1(self, d):
+  def native_b1(self, d):
     return (1.0 / d, 1.0)
 
 
