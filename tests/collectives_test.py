@@ -532,9 +532,9 @@ def test_auto_is_the_exact_mean():
   assert bc.choose_method(bc.sign(), 100, 8) == "all_gather"
 
 
-def test_two_stage_server_error_conserves_the_mean():
-  """sum_t mean_t + server error_T = sum_t (1/n) sum_i C(x_i,t): the server's error feedback
-  loses nothing (each worker owns one chunk of the server error)."""
+def _two_stage_conservation(keep: float):
+  """(sum_t mean_t + server error_T, sum_t (1/n) sum_i C(x_i,t), error_T) for a server that
+  carries ``keep`` times its error to the next step (1: the library's)."""
   d, steps = 200, 20
   c = bc.top_k(k=24)
   xs = jax.random.normal(jax.random.key(12), (steps, N, d))
@@ -545,16 +545,27 @@ def test_two_stage_server_error_conserves_the_mean():
         lambda v, e: bc.compressed_mean(v, c, "w", method="two_stage", server_error=e),
         axis_name="w",
       )(x, err)
-      return r.server_error, (r.mean[0], r.local.mean(0))
+      return keep * r.server_error, (r.mean[0], r.local.mean(0))
 
     return jax.lax.scan(body, jnp.zeros((N, d)), xs)
 
   err, (means, local_means) = jax.jit(run)(xs)
-  lhs = np.asarray(means, np.float64).sum(0) + np.asarray(err, np.float64).sum(0)
+  err = np.asarray(err, np.float64) / keep  # the error the last step produced
+  lhs = np.asarray(means, np.float64).sum(0) + err.sum(0)
   rhs = np.asarray(local_means, np.float64).sum(0)
+  return lhs, rhs, err
+
+
+def test_two_stage_server_error_conserves_the_mean():
+  """sum_t mean_t + server error_T = sum_t (1/n) sum_i C(x_i,t): the server's error feedback
+  loses nothing (each worker owns one chunk of the server error)."""
+  lhs, rhs, err = _two_stage_conservation(1.0)
   np.testing.assert_allclose(lhs, rhs, rtol=1e-5, atol=1e-5)
   # and the server error is not trivially zero: Top-k of the chunk sums drops mass
-  assert np.abs(np.asarray(err)).sum() > 1.0
+  assert np.abs(err).sum() > 1.0
+  # the check catches a server that keeps only half of its error
+  lhs, rhs, _ = _two_stage_conservation(0.5)
+  assert np.abs(lhs - rhs).max() > 0.1
 
 
 def test_device_update_rejects_gradients_already_summed_by_jax_grad():

@@ -328,21 +328,3 @@ def tables(rows: Sequence[dict[str, Any]]) -> str:
       if warning is not None:
         out.append(f"warning: {warning}")
   return "\n".join(out)
-
-
-def run(
-  d: int,
-  ns: Sequence[int],
-  repeats: int,
-  params: int = 100_000_000,
-  workers: int = 16,
-  compute_ms: float = 100.0,
-  alpha_us: float = 20.0,
-) -> list[dict[str, Any]]:
-  """All three parts; returns the JSON rows."""
-  rows = traffic(d, ns)
-  rows += step_times(d, min(jax.device_count(), max(ns)), repeats)
-  cost_d = min(d, COST_MAX_D)
-  cost = sign_cost_ms_per_million(cost_d, repeats, workers)
-  model = network_model(params, workers, (10.0, 100.0), compute_ms, alpha_us, cost)
-  return rows + [{**r, **cost_fields(cost_d, cost)} for r in model]

@@ -136,14 +136,14 @@ def _norm_parts(xf: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
   built from e, never by 1/||x||: that reciprocal is subnormal, and so zero on XLA:CPU, once
   ||x|| >= 2^126, and XLA turns x / ||x|| into x * (1 / ||x||).
 
-  The reductions read x itself, never a materialised |x| (safe_norm reads |x| in two
+  The reductions read x itself, never a materialised |x| (a two-pass norm reads |x| in two
   reductions and in the branch of a cond, so XLA:CPU writes the whole of |x| to memory, 64 MB
   at d = 2^24, more than the rest of an encoder costs): max|x| is max(max x, -min x), and
   x * x and max(x, -x), equal to |x| * |x| and |x| for finite x, sit inside the reduction
   that needs them, which XLA:CPU fuses into its reduction kernel (abs it does not fuse). Only
   when the direct sum overflows, or its terms may flush to zero, is the sum recomputed over
   x * 2^-k with 2^k <= max|x| < 2^(k + 1) (exact scaling); the rest is scalar work.
-  `_base.safe_norm` computes the same values and the tests check that the two agree.
+  The tests compare it with a two-pass reference (``tests/oracles.py``) bit for bit.
   """
   d = xf.shape[0]
   if d == 0:  # max over no elements has no identity; the norm of an empty vector is 0
@@ -153,7 +153,7 @@ def _norm_parts(xf: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
     total, e = m, jnp.int32(0)
   else:
 
-    def power_sum(a):  # of non-negative values, as in safe_norm
+    def power_sum(a):  # of non-negative values
       if p == 1.0:
         return jnp.sum(a)
       if p == 2.0:
@@ -179,7 +179,7 @@ def _norm_parts(xf: jax.Array, p: float) -> tuple[jax.Array, jax.Array]:
 
 
 def _norm(xf: jax.Array, p: float) -> jax.Array:
-  """||x||_p as a float32: inf when it exceeds the float32 range. Equals `_base.safe_norm`."""
+  """||x||_p as a float32: inf when it exceeds the float32 range (tests: tests/oracles.py)."""
   mantissa, e = _norm_parts(xf, p)
   return jnp.where(e > 127, jnp.float32(jnp.inf), mantissa * _pow2(e))
 

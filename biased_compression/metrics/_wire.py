@@ -64,18 +64,18 @@ def _group_size(attrs: str, default: int) -> int:
 
 
 def wire_bytes(fn, *args, **kwargs) -> dict:
-  """Bytes each device sends and receives in the collectives of ``jax.jit(fn)(*args)``.
+  """Bytes each device sends in the collectives of ``jax.jit(fn)(*args)``.
 
   Compiles ``fn`` and reads every all-gather, all-to-all, all-reduce, reduce-scatter and
   collective-permute of the per-device program (so call it on a ``jax.shard_map``'d or
   ``jax.pmap``'d function; a vmap simulation has no collectives). For a group of n devices
   and an operand of S bytes, a device sends and receives: all-gather (n - 1) S; all-to-all
   and reduce-scatter (n - 1) / n S; all-reduce 2 (n - 1) / n S (ring); collective-permute S.
-  A collective inside a loop is counted once.
+  A collective inside a loop is counted once. In these symmetric collectives a device
+  receives what it sends, so one number is reported.
 
   Returns:
-    ``{"sent": int, "received": int, "ops": [{"op", "group", "operand_bytes",
-    "sent"}, ...]}``.
+    ``{"sent": int, "ops": [{"op", "group", "operand_bytes", "sent"}, ...]}``.
   """
   text = jax.jit(fn).lower(*args, **kwargs).compile().as_text()
   ops = []
@@ -99,4 +99,4 @@ def wire_bytes(fn, *args, **kwargs) -> dict:
       operand, sent = result, result
     ops.append({"op": op, "group": n, "operand_bytes": operand, "sent": sent})
   total = sum(o["sent"] for o in ops)
-  return {"sent": total, "received": total, "ops": ops}
+  return {"sent": total, "ops": ops}

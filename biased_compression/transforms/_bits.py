@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 _WORD = 30  # bits per word of the exact counters
 _BASE = 1 << _WORD
@@ -131,7 +132,7 @@ def _bit_fields(fn: str, state: Any, last_step: bool, server: bool) -> list:
   """The word arrays of every `BitCount` in ``state`` (uplink or server, step or total)."""
   counts = [
     node
-    for node in jax.tree_util.tree_leaves(state, is_leaf=lambda x: isinstance(x, BitCount))
+    for _, node in optax.tree.get_all_with_path(state, "BitCount")
     if isinstance(node, BitCount)
   ]
   if not counts:

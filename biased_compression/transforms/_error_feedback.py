@@ -105,14 +105,6 @@ class EControlState(NamedTuple):
   bits: _bits.BitCount
 
 
-def _add(a, b):
-  return [x + y for x, y in zip(a, b, strict=True)]
-
-
-def _sub(a, b):
-  return [x - y for x, y in zip(a, b, strict=True)]
-
-
 @_options.factory("Delta_i", "mean")
 def error_feedback(
   compressor: _base.Compressor,
@@ -171,9 +163,9 @@ def error_feedback(
   """
 
   def algorithm(step, u, state):
-    p = _add(u, state["error"])
+    p = optax.tree.add(u, state["error"])
     delta, mean = step.exchange(p)
-    return mean, {"error": _sub(p, delta)}
+    return mean, {"error": optax.tree.sub(p, delta)}
 
   return _skeleton.transformation(
     "error_feedback",
@@ -189,8 +181,8 @@ def error_feedback(
 
 def _ef21_step(step, v, estimate, mean_estimate):
   """One EF21 step on messages v: c_i = C(v_i - g_i); g_i += c_i; g += mean(c)."""
-  c, mean_c = step.exchange(_sub(v, estimate))
-  return _add(estimate, c), _add(mean_estimate, mean_c)
+  c, mean_c = step.exchange(optax.tree.sub(v, estimate))
+  return optax.tree.add(estimate, c), optax.tree.add(mean_estimate, mean_c)
 
 
 @_options.factory("c_i", "sum_over_n")
@@ -350,13 +342,13 @@ def econtrol(
 
   def algorithm(step, u, state):
     e, h = state["error"], state["estimate"]
-    target = _sub(u, h)
+    target = optax.tree.sub(u, h)
     eta32 = jnp.asarray(eta, jnp.float32)
     delta, mean_delta = step.exchange([eta32 * ei + t for ei, t in zip(e, target, strict=True)])
-    mean_est = _add(state["mean_estimate"], mean_delta)
+    mean_est = optax.tree.add(state["mean_estimate"], mean_delta)
     return mean_est, {
-      "error": _sub(_add(e, target), delta),
-      "estimate": _add(h, delta),
+      "error": optax.tree.sub(optax.tree.add(e, target), delta),
+      "estimate": optax.tree.add(h, delta),
       "mean_estimate": mean_est,
     }
 

@@ -332,22 +332,9 @@ def split_key(key: jax.Array) -> tuple[jax.Array, jax.Array]:
   return next_key, step_key
 
 
-def f32_zeros(tree) -> Any:
-  return jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), tree)
-
-
 def flatten(tree):
   leaves, treedef = jax.tree.flatten(tree)
   return [jnp.asarray(x) for x in leaves], treedef
-
-
-def to_f32(leaves):
-  return [x.astype(jnp.float32) for x in leaves]
-
-
-def cast_like(values, like, treedef):
-  """Unflattens float32 results into the updates' structure and dtypes."""
-  return treedef.unflatten([v.astype(u.dtype) for v, u in zip(values, like, strict=True)])
 
 
 # -- the skeleton every transformation shares --------------------------------------------------
@@ -405,7 +392,7 @@ def transformation(
   has_server = axis_name is not None and method in _SERVER_METHODS
 
   def init_fn(params):
-    zeros = f32_zeros(params)
+    zeros = optax.tree.zeros_like(params, dtype=jnp.float32)
     return state_cls(
       count=jnp.zeros([], jnp.int32),
       rng_key=new_key(seed),
@@ -434,7 +421,7 @@ def transformation(
     _options.check_dtypes(fn, updates, leaves)
     if dense_axis_name is not None:
       # hierarchical: the fast axis is reduced first, uncompressed, in float32
-      means = jax.lax.pmean(to_f32(leaves), dense_axis_name)
+      means = jax.lax.pmean(optax.tree.cast(leaves, jnp.float32), dense_axis_name)
       leaves = [m.astype(x.dtype) for m, x in zip(means, leaves, strict=True)]
     workers = None if axis_name is None else int(jax.lax.axis_size(axis_name))
     plan = make_plan(compressor, scope, min_size, leaves, method, workers)
@@ -461,12 +448,10 @@ def transformation(
       fn=fn,
     )
     old = {name: flatten(getattr(state, name))[0] for name in fields}
-    out, new = algorithm(step, to_f32(leaves), old)
+    out, new = algorithm(step, optax.tree.cast(leaves, jnp.float32), old)
     if participating is not None:
       for name in worker_fields:
-        new[name] = [
-          jnp.where(participating, a, b) for a, b in zip(new[name], old[name], strict=True)
-        ]
+        new[name] = optax.tree.where(participating, new[name], old[name])
     new_state = state_cls(
       count=optax.safe_increment(state.count),
       rng_key=next_key,
@@ -474,6 +459,6 @@ def transformation(
       server_error=treedef.unflatten(step.server_error) if needs_server_error else (),
       bits=step.bits(state.bits),
     )
-    return cast_like(out, leaves, treedef), new_state
+    return optax.tree.cast_like(treedef.unflatten(out), treedef.unflatten(leaves)), new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
