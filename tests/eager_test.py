@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import REPRESENTATIVES
 
 import biased_compression as bc
 from biased_compression.compressors import _base
@@ -62,7 +63,13 @@ def _input(shape, dtype, seed=0):
   return jnp.asarray(np.random.default_rng(seed).standard_normal(shape), dtype)
 
 
-@pytest.mark.parametrize("i", range(len(NAMES)), ids=NAMES)
+@pytest.mark.parametrize(
+  "i",
+  [
+    pytest.param(i, id=n, marks=() if n in REPRESENTATIVES else pytest.mark.slow)
+    for i, n in enumerate(NAMES)
+  ],
+)
 def test_eager_equals_jit_and_compiles_once(i):
   c = REGISTRY[NAMES[i]]
   shape, dtype = SHAPES[i % len(SHAPES)], jnp.dtype(DTYPES[i % len(DTYPES)])

@@ -5,7 +5,7 @@
 ``jax.shard_map``. Both return a `Workers` with the same ``init`` and ``update`` on global
 per-worker arrays (a leading worker axis of n), so a training loop, a test or an experiment
 switches backend by changing one line. The compressed collectives are the same code in both
-(`biased_compression._collectives`), and so are the results.
+(`biased_compression.collectives`), and so are the results.
 """
 
 from __future__ import annotations

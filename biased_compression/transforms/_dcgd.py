@@ -1,7 +1,7 @@
 """Compressed gradient methods without error feedback: CGD / DCSGD / DSignSGD, and DIANA.
 
-See `biased_compression._error_feedback` for the options every transformation shares
-(``scope``, ``start_step``, ``min_size``, ``seed``, ``axis_name``) and their state layout.
+The options every transformation shares are `biased_compression.transforms.Options`; the
+state layout is the skeleton's (`biased_compression.transforms.transformation`).
 """
 
 from __future__ import annotations
