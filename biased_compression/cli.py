@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import decimal
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from typing import Any
 import jax
 from tqdm import tqdm
 
+from biased_compression import experiments
 from biased_compression.bench import _timing
 from biased_compression.compressors import _registry
 from biased_compression.compressors import _sparsification
@@ -163,6 +165,30 @@ def _ratios(text: str) -> tuple[float, ...]:
   if bad:
     raise argparse.ArgumentTypeError(f"ratios must be in (0, 1], got {bad}")
   return ratios
+
+
+def _ratio(text: str) -> float:
+  (value,) = _ratios(text) if "," not in text else (None,)
+  if value is None:
+    raise argparse.ArgumentTypeError(f"expected one fraction in (0, 1], got {text!r}")
+  return value
+
+
+def _positive_floats(text: str) -> tuple[float, ...]:
+  """Parses ``0.1,0.3``: positive finite numbers (step sizes)."""
+  try:
+    values = tuple(float(p) for p in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(
+      f"expected comma-separated numbers (e.g. 0.1,0.3), got {text!r}"
+    ) from None
+  bad = [v for v in values if not (math.isfinite(v) and v > 0)]
+  if bad:
+    raise argparse.ArgumentTypeError(f"step sizes must be finite and > 0, got {bad}")
+  return values
+
+
+_DEFAULT_DATASET = "breast_cancer"
 
 
 def _topk_methods(text: str) -> tuple[str, ...]:
@@ -334,20 +360,169 @@ _JSON_HELP = (
 _REPEATS_HELP = "timed calls after a warm-up call; the min is kept (default: 5)"
 
 
+# -- compare ----------------------------------------------------------------------------------
+
+_COMPARE_EXAMPLE = """\
+examples:
+  biased-compression                 # the default comparison (about a minute on 2 cores)
+  biased-compression compare --workers 16 --steps 500 --out results/
+  biased-compression compare --methods 'gd;ef:top_k(0.05);ef21:top_k(0.05);dcgd:sign()'
+  biased-compression compare --libsvm a9a.txt --lrs 0.1,0.3,1
+"""
+
+
+def _methods(text: str) -> tuple[tuple[str, str | None], ...]:
+  out = []
+  for part in (p.strip() for p in text.split(";")):
+    if not part:
+      continue
+    algorithm, sep, spec = part.partition(":")
+    algorithm = algorithm.strip()
+    if algorithm not in experiments.ALGORITHMS:
+      raise argparse.ArgumentTypeError(
+        f"unknown algorithm {algorithm!r} in {part!r}; choose from "
+        f"{', '.join(experiments.ALGORITHMS)}"
+      )
+    spec = spec.strip() or None
+    if spec is None and algorithm != "gd":
+      raise argparse.ArgumentTypeError(f"{part!r}: {algorithm} needs ':COMPRESSOR'")
+    if spec is not None:
+      try:
+        _registry.parse_compressor(spec)
+      except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    out.append((algorithm, spec))
+  if not out:
+    raise argparse.ArgumentTypeError("expected ALGORITHM[:COMPRESSOR];... e.g. 'gd;ef:top_k(0.1)'")
+  return tuple(out)
+
+
+def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  del argv
+  options = {"heterogeneous": not args.iid}
+  if args.task == "logistic":
+    if args.libsvm is not None:
+      try:
+        options["dataset"] = experiments.load_libsvm(args.libsvm)
+      except (OSError, ValueError) as e:
+        args.parser.error(f"--libsvm {args.libsvm}: {e}")
+    else:
+      options["dataset"] = args.dataset
+  elif args.libsvm is not None or args.dataset != _DEFAULT_DATASET:
+    args.parser.error(f"--libsvm and --dataset apply to --task logistic, not {args.task}")
+  else:
+    options = {}
+  try:
+    task = experiments.make_task(args.task, args.workers, **options)
+  except ValueError as e:
+    args.parser.error(str(e))
+  if args.methods is None:
+    methods = experiments.default_methods(args.ratio)
+  else:
+    methods = [
+      experiments.RunConfig(algorithm=a, compressor=c, label=None) for a, c in args.methods
+    ]
+  shown_options = {k: v for k, v in options.items() if k != "dataset"}
+  if "dataset" in options:
+    shown_options["dataset"] = args.libsvm or args.dataset
+  methods = [
+    m.replace(
+      task=args.task,
+      task_options=shown_options,
+      num_workers=args.workers,
+      steps=args.steps,
+      seed=args.seed,
+      batch_size=args.batch_size,
+    )
+    for m in methods
+  ]
+  if args.batch_size is not None and not task.batchable:
+    args.parser.error(f"--batch-size: task {args.task} has no samples to draw")
+  result = experiments.compare(methods, task=task, lrs=args.lrs)
+  print(result.table())
+  paths = result.write(args.out, plot=not args.no_plot)
+  print(f"wrote {', '.join(str(p) for p in paths.values())}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser of ``biased-compression``."""
   # Option help strings are %-formatted by argparse (a literal percent sign is written %%);
   # descriptions are not (a literal one is written %). tests/cli_test.py checks every --help.
   parser = argparse.ArgumentParser(
     prog="biased-compression",
-    description="Tabulate and benchmark the compressors of biased_compression. Sizes are "
-    "element counts, written 2^N, 2**N or plainly (1048576, 1e6).",
+    description="Compare, tabulate and benchmark the compressors and methods of "
+    "biased_compression. Without a command: compare with its defaults. Sizes are element "
+    "counts, written 2^N, 2**N or plainly (1048576, 1e6).",
   )
   commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+  cmp = commands.add_parser(
+    "compare",
+    help="train a task with every method and compare loss against bits (default)",
+    description="Trains a task (default: logistic regression on scikit-learn's breast "
+    "cancer set, 8 workers with a sorted-label split) with uncompressed GD and the "
+    "library's methods, each at its best step size from --lrs (by final training loss); "
+    "prints a table (final loss, bits per step, bits to a target loss, saving against GD) "
+    "and writes results.json, curves.csv, table.txt and loss.png / loss.pdf to --out.",
+    epilog=_COMPARE_EXAMPLE,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  cmp.add_argument(
+    "--task",
+    choices=("logistic", "linear_regression", "quadratic"),
+    default="logistic",
+    help="the task (default: logistic)",
+  )
+  cmp.add_argument(
+    "--dataset",
+    default=_DEFAULT_DATASET,
+    help=f"a bundled two-class set for --task logistic (default: {_DEFAULT_DATASET})",
+  )
+  cmp.add_argument("--libsvm", default=None, metavar="PATH", help="a LIBSVM file instead")
+  cmp.add_argument("--iid", action="store_true", help="an i.i.d. split (not sorted labels)")
+  cmp.add_argument("--workers", type=_positive_int, default=8, help="n (default: 8)")
+  cmp.add_argument("--steps", type=_positive_int, default=300, help="steps (default: 300)")
+  cmp.add_argument(
+    "--lrs",
+    type=_positive_floats,
+    default=experiments.DEFAULT_LRS,
+    metavar="LR,LR,...",
+    help="the step sizes tried for every method (default: "
+    f"{','.join(f'{x:g}' for x in experiments.DEFAULT_LRS)})",
+  )
+  cmp.add_argument(
+    "--methods",
+    type=_methods,
+    default=None,
+    metavar="ALG[:C];...",
+    help="methods as ALGORITHM[:COMPRESSOR] separated by ';' (algorithms: gd, dcgd, ef, "
+    "ef21, ef21_sgdm, econtrol, diana; compressors as bc.parse_compressor reads them); "
+    "default: GD, every compressor family without and with error feedback, EF21, the "
+    "induced compressor with and without DIANA, DSignSGD",
+  )
+  cmp.add_argument(
+    "--ratio",
+    type=_ratio,
+    default=0.1,
+    help="fraction kept by the default methods' sparsifiers (default: 0.1)",
+  )
+  cmp.add_argument(
+    "--batch-size", type=_positive_int, default=None, help="samples per worker per step"
+  )
+  cmp.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+  cmp.add_argument(
+    "--out",
+    default="compare-results",
+    metavar="DIR",
+    help="output folder (default: compare-results)",
+  )
+  cmp.add_argument("--no-plot", action="store_true", help="no plot (no matplotlib needed)")
+  cmp.set_defaults(func=_cmd_compare, parser=cmp)
+
   comp = commands.add_parser(
     "compressors",
-    help="constants, wire size and relative error of every standard compressor (default)",
+    help="constants, wire size and relative error of every standard compressor",
     description="For every compressor of standard_compressors(): omega, delta, bits per "
     "coordinate and the relative error ||C(x) - x||^2 / ||x||^2 on three test vectors.",
   )
@@ -517,8 +692,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError:
       pass  # already started: _cmd_bench_collectives reports the device count
   if args.command is None:
-    # No subcommand: `compressors` with its defaults.
-    args = parser.parse_args(["compressors"])
+    # No subcommand: the main job, `compare` with its defaults.
+    args = parser.parse_args(["compare"])
   func: Callable[[argparse.Namespace, Sequence[str]], int] = args.func
   return func(args, argv)
 

@@ -71,16 +71,17 @@ def test_compressors_top_k_error_matches_direct_computation(compressors_output):
   assert abs(value - expected) <= 0.5 * ulp * (1 + 1e-6), (printed, expected)
 
 
-def test_no_subcommand_runs_compressors_with_defaults(monkeypatch):
+def test_no_subcommand_runs_compare_with_defaults(monkeypatch):
   seen = {}
 
   def fake(args, argv):
     seen.update(vars(args))
     return 0
 
-  monkeypatch.setattr(cli, "_cmd_compressors", fake)
+  monkeypatch.setattr(cli, "_cmd_compare", fake)
   assert cli.main([]) == 0
-  assert seen["dim"] is None and seen["draws"] == 4 and seen["seed"] == 0
+  assert seen["task"] == "logistic" and seen["dataset"] == "breast_cancer"
+  assert seen["workers"] == 8 and seen["methods"] is None and seen["iid"] is False
 
 
 @pytest.mark.slow  # a benchmark run
@@ -294,6 +295,11 @@ def test_help_of_every_subcommand_prints_cleanly(capsys):
     (): ["Sizes are element counts, written 2^N, 2**N or plainly"],
     ("compressors",): ["2^N, 2**N or an element count", "(default: the MLP gradient's, 9610)"],
     ("bench",): ["writes a JSON record only with --json PATH"],
+    ("compare",): [
+      "examples: biased-compression # the default comparison",
+      "biased-compression compare --methods 'gd;ef:top_k(0.05)",
+      "(default: 0.003,0.01,0.03,0.1,0.3,1,3)",
+    ],
     ("bench", "compressors"): ["(default: 2^16,2^18,2^20,2^22,2^24)", "plain counts below 64"],
     ("bench", "topk"): ["(default: 2^24)", "(default: exact_sort,radix,approx)"],
     ("bench", "collectives"): [
@@ -329,6 +335,8 @@ def test_help_defaults_are_the_parser_defaults():
     formatter = parser._get_formatter()
     for action in parser._actions:
       if not action.option_strings or action.default in (None, argparse.SUPPRESS):
+        continue
+      if isinstance(action, argparse._StoreTrueAction):  # a flag: off unless given
         continue
       shown = re.search(r"default: ([^)]*)\)", formatter._expand_help(action))
       assert shown, (prefix, action.dest, "shows no default")
