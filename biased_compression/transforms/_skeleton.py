@@ -154,8 +154,8 @@ class Step:
   """The communication of one step: compression (or dense warm-up), aggregation, bits.
 
   Messages and results are lists of float32 arrays, one per leaf of the updates. With an
-  axis name the aggregation goes through `biased_compression.collectives._collectives.exchange`, which
-  sends the encoded payloads; without one the "mean" is this worker's own message.
+  axis name the aggregation goes through the collectives' ``exchange``, which sends the
+  encoded payloads; without one the "mean" is this worker's own message.
   """
 
   def __init__(
