@@ -292,6 +292,27 @@ def _cmd_bench_topk(args: argparse.Namespace, argv: Sequence[str]) -> int:
   return 0
 
 
+def _workers_list(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(p) for p in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated counts, got {text!r}") from None
+  if not values or min(values) < 1:
+    raise argparse.ArgumentTypeError(f"worker counts must be >= 1, got {text!r}")
+  return values
+
+
+def _cmd_bench_runner(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  from biased_compression.bench import _runner
+
+  rows = _runner.bench_runner(args.workers, dim=args.dim, steps=args.steps, seed=args.seed)
+  print(_runner.runner_tables(rows))
+  if args.json is not None:
+    _timing.write_record(args.json, rows, argv)
+    print(f"wrote {args.json}")
+  return 0
+
+
 def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int:
   if jax.default_backend() == "cpu" and jax.device_count() < args.devices:
     args.parser.error(
@@ -592,6 +613,27 @@ def build_parser() -> argparse.ArgumentParser:
   bt.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
   bt.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
   bt.set_defaults(func=_cmd_bench_topk, parser=bt)
+
+  br = bench_commands.add_parser(
+    "runner",
+    help="steps per second of the experiments runner against a per-worker Python loop",
+    description="Logistic regression (synthetic, --dim features, 10 samples per worker) "
+    "with EF-Top-k(10%) on n simulated workers: ms per step of the experiments runner "
+    "(logging and progress on), of the bare jitted scan, and of a Python loop over the "
+    "workers (PyTorch when importable, else NumPy), and the ratios.",
+  )
+  br.add_argument(
+    "--workers",
+    type=_workers_list,
+    default=(10, 100, 1000),
+    metavar="N,N,...",
+    help="worker counts (default: 10,100,1000)",
+  )
+  br.add_argument("--dim", type=_positive_int, default=100, help="features d (default: 100)")
+  br.add_argument("--steps", type=_positive_int, default=200, help="steps timed (default: 200)")
+  br.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+  br.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
+  br.set_defaults(func=_cmd_bench_runner, parser=br)
 
   bl = bench_commands.add_parser(
     "collectives",

@@ -127,6 +127,21 @@ def test_bench_topk_writes_json(tmp_path, capsys):
   assert record["results"][0]["speedup_vs_lax_top_k"] == 1.0
 
 
+@pytest.mark.slow  # a benchmark run
+def test_bench_runner_times_the_runner_the_bare_step_and_the_loops(tmp_path, capsys):
+  path = tmp_path / "runner.json"
+  argv = ["bench", "runner", "--workers", "2,3", "--steps", "4", "--dim", "8"]
+  assert cli.main([*argv, "--json", str(path)]) == 0
+  out = capsys.readouterr().out
+  assert "runner ms/step" in out and "numpy loop ms" in out
+  rows = json.loads(path.read_text())["results"]
+  assert [r["workers"] for r in rows] == [2, 3]
+  for r in rows:
+    assert r["runner_ms"] > 0 and r["bare_ms"] > 0 and r["numpy_loop_ms"] > 0
+    assert r["logging_overhead"] == pytest.approx(r["runner_ms"] / r["bare_ms"])
+    assert r["runner_vs_numpy"] == pytest.approx(r["numpy_loop_ms"] / r["runner_ms"])
+
+
 @pytest.mark.slow  # about 20 s on 2 cores: ~20 shard_map programs compile
 def test_bench_collectives_measures_and_models(tmp_path, capsys):
   """Measured traffic equals the analytic model; the JSON record has all three parts.
@@ -295,6 +310,7 @@ def test_help_of_every_subcommand_prints_cleanly(capsys):
     (): ["Sizes are element counts, written 2^N, 2**N or plainly"],
     ("compressors",): ["2^N, 2**N or an element count", "(default: the MLP gradient's, 9610)"],
     ("bench",): ["writes a JSON record only with --json PATH"],
+    ("bench", "runner"): ["EF-Top-k(10%)", "(default: 10,100,1000)", "PyTorch when importable"],
     ("compare",): [
       "examples: biased-compression # the default comparison",
       "biased-compression compare --methods 'gd;ef:top_k(0.05)",

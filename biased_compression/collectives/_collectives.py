@@ -206,28 +206,68 @@ def _participated(total):
   return None if isinstance(total, float) or total is None else total > 0
 
 
-def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name):
-  """sum_i w_i decode(payload_i) over the gathered axis 0, decoding one payload at a time.
+# Decoded values held at once by `_sum_decoded` (float32): 1 MB, so small messages from many
+# workers decode in a few vectorised blocks and large ones (d >= 2^18) one at a time.
+_DECODE_BLOCK = 1 << 18
 
-  A scan keeps one float32 accumulator of d elements instead of n decoded copies (measured
-  on 8 CPU devices at d = 2^20: several times faster than decoding all n at once with vmap,
-  whose n x d temporaries dominate).
+
+def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name):
+  """sum_i w_i decode(payload_i) over the gathered axis 0, in blocks of payloads.
+
+  A scan over blocks keeps one float32 accumulator of d elements plus one block of decoded
+  values, instead of n decoded copies: for d >= 2^18 a block is one payload (measured on 8
+  CPU devices at d = 2^20: several times faster than decoding all n at once with vmap, whose
+  n x d temporaries dominate); for small d a block decodes up to 2^18 / d payloads with vmap
+  (1000 simulated workers of d = 100: one block instead of a 1000-step loop).
   """
   weights = None if w is None else jax.lax.all_gather(w, axis_name)
+  n = jax.tree.leaves(payloads)[0].shape[0]
+  block = max(1, min(n, _DECODE_BLOCK // max(d, 1)))
 
-  def term(payload, i):
-    value = compressor.decode(payload, (d,), dtype, key=key).astype(jnp.float32)
-    return value if weights is None else weights[i] * value
+  def decode(payload):
+    return compressor.decode(payload, (d,), dtype, key=key).astype(jnp.float32)
+
+  if block == 1:
+
+    def term(payload, i):
+      value = decode(payload)
+      return value if weights is None else weights[i] * value
+
+    def body(acc, item):
+      return acc + term(*item), None
+
+    # The first term starts the sum, so the carry has the same (shard_map varying) type as
+    # the body's output without JAX-version-specific casts.
+    first = term(jax.tree.map(lambda x: x[0], payloads), 0)
+    rest = jax.tree.map(lambda x: x[1:], payloads)
+    acc, _ = jax.lax.scan(body, first, (rest, jnp.arange(1, n)))
+    return acc
+
+  blocks = -(-n // block)
+  index = jnp.arange(blocks * block)
+  # The last block is filled with copies of payload 0 at weight 0 (decoded values are finite).
+  source = jnp.where(index < n, index, 0)
+  grouped = jax.tree.map(lambda x: x[source].reshape(blocks, block, *x.shape[1:]), payloads)
+  scale = None
+  if weights is not None or blocks * block > n:
+    base = jnp.ones((n,), jnp.float32) if weights is None else weights.astype(jnp.float32)
+    scale = jnp.where(index < n, base[source], 0.0).reshape(blocks, block)
+
+  def block_sum(group, i):
+    values = jax.vmap(decode)(group)
+    if scale is not None:
+      values = scale[i][:, None] * values
+    return jnp.sum(values, axis=0)
+
+  first = block_sum(jax.tree.map(lambda x: x[0], grouped), 0)
+  if blocks == 1:
+    return first
 
   def body(acc, item):
-    return acc + term(*item), None
+    return acc + block_sum(*item), None
 
-  n = jax.tree.leaves(payloads)[0].shape[0]
-  # The first term starts the sum, so the carry has the same (shard_map varying) type as
-  # the body's output without JAX-version-specific casts.
-  first = term(jax.tree.map(lambda x: x[0], payloads), 0)
-  rest = jax.tree.map(lambda x: x[1:], payloads)
-  acc, _ = jax.lax.scan(body, first, (rest, jnp.arange(1, n)))
+  rest = jax.tree.map(lambda x: x[1:], grouped)
+  acc, _ = jax.lax.scan(body, first, (rest, jnp.arange(1, blocks)))
   return acc
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from biased_compression.experiments import _config
+from biased_compression.experiments import _output
 from biased_compression.experiments import _runner
 from biased_compression.experiments import _tasks
 
@@ -135,16 +136,12 @@ class Comparison:
       return fmt.format(value)
 
     body = [[cell(row, k, f) for k, _, f in cols] for row in rows]
-    head = [h for _, h, _ in cols]
-    widths = [max(len(x) for x in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(x.ljust(w) for x, w in zip(b, widths, strict=True)) for b in body]
+    table = _output.format_table([h for _, h, _ in cols], body, align="<")
     note = (
       f"{self.task}: n = {self.num_workers}, d = {self.num_params}; bits per worker; target "
       f"loss {self.target:.5g}; step size chosen from the grid by final training loss"
     )
-    return note + "\n" + "\n".join(lines)
+    return note + "\n" + table
 
   def to_dict(self) -> dict[str, Any]:
     return {
@@ -263,7 +260,7 @@ def compare(
   if task is None:
     task = _tasks.make_task(first.task, first.num_workers, **first.task_options)
   grid = []
-  with _runner.progress(total=len(methods), desc="methods", disable=not show_progress) as bar:
+  with _output.progress(total=len(methods), desc="methods", disable=not show_progress) as bar:
     for m in methods:
       bar.set_postfix_str(m.name)
       runs = _runner.run(

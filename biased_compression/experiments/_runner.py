@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -31,29 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm import tqdm
 
 import biased_compression as bc
 from biased_compression.experiments import _config
+from biased_compression.experiments import _output
 from biased_compression.experiments import _tasks
 
-__all__ = ["RunResult", "run", "progress"]
+__all__ = ["RunResult", "run"]
 
 BACKENDS = ("vmap", "shard")
-
-
-def _stderr_is_terminal() -> bool:
-  isatty = getattr(sys.stderr, "isatty", None)
-  try:
-    return bool(isatty and isatty())
-  except ValueError:  # a closed stream
-    return False
-
-
-def progress(**kwargs: Any) -> tqdm:
-  """A tqdm bar on stderr, silent unless stderr is a terminal (logs and CI stay clean)."""
-  kwargs["disable"] = kwargs.get("disable", False) or not _stderr_is_terminal()
-  return tqdm(file=sys.stderr, **kwargs)
 
 
 @dataclasses.dataclass
@@ -103,8 +88,8 @@ def _sample(train, key, batch_size: int):
   return jax.tree.map(lambda x: jax.vmap(lambda xi, ii: xi[ii])(x, idx), train)
 
 
-def _metrics(task: _tasks.Task, params) -> dict[str, jax.Array]:
-  out = {"loss": task.global_loss(params)}
+def _metrics(task: _tasks.Task, params, loss=None) -> dict[str, jax.Array]:
+  out = {"loss": task.global_loss(params) if loss is None else loss}
   if task.accuracy is not None:
     acc = jax.vmap(task.accuracy, in_axes=(None, 0))(params, task.train)
     out["accuracy"] = jnp.mean(acc)
@@ -144,8 +129,13 @@ def _program(task: _tasks.Task, config: _config.RunConfig, backend: str, mesh, c
       data = task.train
       if config.batch_size is not None:
         data = _sample(task.train, sub, config.batch_size)
-      metrics = _metrics(task, params)
-      grads = jax.vmap(jax.grad(task.loss), in_axes=(None, 0))(params, data)
+      if config.batch_size is None:
+        # full gradients: the loss at x_t comes with them (the mean over equal shards is f)
+        losses, grads = jax.vmap(jax.value_and_grad(task.loss), in_axes=(None, 0))(params, data)
+        metrics = _metrics(task, params, loss=jnp.mean(losses))
+      else:
+        metrics = _metrics(task, params)
+        grads = jax.vmap(jax.grad(task.loss), in_axes=(None, 0))(params, data)
       updates, state = workers.update(grads, state, params)
       params = optax.apply_updates(params, updates)
       metrics["bits"] = bc.bit_words(state)  # the total after this step, per worker
@@ -180,7 +170,8 @@ def run(
     backend: ``"vmap"`` (n simulated workers on one device) or ``"shard"`` (one worker per
       device of ``mesh``'s axis ``"workers"``).
     mesh: for ``backend="shard"``: a mesh with an axis ``"workers"`` of n devices.
-    chunk: steps per compiled chunk (default: about 20 chunks per run).
+    chunk: steps per compiled chunk (default: 20 chunks per run, of at least 50 steps;
+      the progress bar moves once per chunk).
     show_progress: a progress bar over the steps (only on a terminal).
     desc: the bar's label.
 
@@ -203,7 +194,7 @@ def run(
   if not lrs or not all(math.isfinite(x) and x > 0 for x in lrs):
     raise ValueError(f"run: lrs must be finite step sizes > 0, got {lrs!r}")
   steps = config.steps
-  chunk = max(1, math.ceil(steps / 20)) if chunk is None else int(chunk)
+  chunk = min(steps, max(50, math.ceil(steps / 20))) if chunk is None else int(chunk)
   if chunk < 1:
     raise ValueError(f"run: chunk must be >= 1, got {chunk!r}")
   init, advance = _program(task, config, backend, mesh, chunk)
@@ -218,12 +209,14 @@ def run(
       (jax.jit(init), jax.jit(advance), jax.jit(lambda c: _metrics(task, c[0])), lr) for lr in grid
     ]
   outputs = []
-  quiet = not show_progress or not _stderr_is_terminal()
   for init_fn, advance_fn, final_fn, lr in groups:
     carry = init_fn(lr)
     advance_fn = advance_fn.lower(carry, lr, 0).compile()  # so that the times exclude it
     chunks, ends, done = [], [], 0
-    with progress(total=steps, desc=desc or config.name, leave=False, disable=quiet) as bar:
+    bar = _output.progress(
+      total=steps, desc=desc or config.name, leave=False, disable=not show_progress
+    )
+    with bar:
       start = time.perf_counter()
       while done < steps:
         carry, metrics = advance_fn(carry, lr, done)
