@@ -27,8 +27,9 @@ def init_workers(
   """The state of ``num_workers`` simulated workers: ``tx.init(params)`` with a leading axis.
 
   Every worker starts from the same state (the same seed: per-worker randomness comes from
-  the worker's axis index, folded into the key at each step). Use it with
-  ``jax.vmap(tx.update, in_axes=(0, 0, None), axis_name=...)``.
+  the worker's axis index, folded into the key at each step). `biased_compression.simulate`
+  and `biased_compression.shard` call it; use it directly for a hand-written loop, with
+  `simulated_update` (``jax.vmap`` over the workers) or `device_update` (``shard_map``).
 
   Args:
     tx: a transformation, e.g. an ``optax.chain`` ending in ``error_feedback(...,
@@ -135,7 +136,9 @@ def device_update(tx: optax.GradientTransformation, axis_name: Any):
 
   The state of n workers has a leading worker axis; sharded with ``PartitionSpec(axis_name)``
   over a mesh axis of n devices, each device holds a block of one worker. The returned
-  function strips that block axis, runs ``tx.update`` and puts it back, and checks
+  function strips the state's block axis, runs ``tx.update`` and puts it back (the updates
+  are given and returned without a block axis: the caller strips and restores theirs, as in
+  the example; `biased_compression.shard` does all of this), and checks
 
   * that the mesh axis has as many devices as the state has workers;
   * that the updates differ per device. Under ``shard_map``'s default ``check_vma=True``,
