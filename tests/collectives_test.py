@@ -289,17 +289,11 @@ def test_transformation_traffic_matches_bits_sent():
   mesh = _mesh()
   tx = bc.error_feedback(bc.top_k(0.05), axis_name="w", method="all_gather")
   params = {"w": jnp.zeros((256, 64)), "b": jnp.zeros((64,))}
-  update = bc.device_update(tx, "w")
-
-  def body(g, s):
-    out, s = update(jax.tree.map(lambda x: x[0], g), s)
-    return jax.tree.map(lambda x: x[None], out), s
-
-  f = jax.shard_map(body, mesh=mesh, in_specs=(P("w"), P("w")), out_specs=(P("w"), P("w")))
-  grads = _put(jax.tree.map(lambda x: jnp.zeros((N, *x.shape)), params), mesh, P("w"))
-  state = _put(bc.init_workers(tx, params, N), mesh, P("w"))
-  sent = bc.wire_bytes(f, grads, state)["sent"]
-  _, state = jax.jit(f)(grads, state)
+  workers = bc.shard(tx, mesh, "w")
+  grads = jax.tree.map(lambda x: jnp.zeros((N, *x.shape)), params)
+  state = workers.init(params)
+  sent = bc.wire_bytes(workers.update, grads, state)["sent"]
+  _, state = jax.jit(workers.update)(grads, state)
   assert sent == (N - 1) * int(bc.bits_sent(state)[0]) // 8
 
 
@@ -337,20 +331,11 @@ def test_masked_workers_keep_their_error(method):
   tx = bc.error_feedback(bc.top_k(k=8), axis_name="w", method=method)
   grads = _grads(6, 2)
   params = _params()
-  update = jax.jit(
-    jax.vmap(tx.update, in_axes=(0, 0, None), axis_name="w"),
-  )
-  state = bc.init_workers(tx, params, N)
-  _, state = update(_step(grads, 0), state, params)
+  workers = bc.simulate(tx, N, axis_name="w")
+  update = jax.jit(workers.update)
+  _, state = update(_step(grads, 0), workers.init(params), params)
   mask = jnp.arange(N) < 3
-  masked = jax.jit(
-    jax.vmap(
-      lambda g, s, p, m: tx.update(g, s, p, participating=m),
-      in_axes=(0, 0, None, 0),
-      axis_name="w",
-    )
-  )
-  out, new = masked(_step(grads, 1), state, params, mask)
+  out, new = update(_step(grads, 1), state, params, participating=mask)
   for leaf in SHAPES:
     np.testing.assert_array_equal(new.error[leaf][3:], state.error[leaf][3:])
     assert not np.array_equal(new.error[leaf][:3], state.error[leaf][:3])
@@ -363,7 +348,7 @@ def test_masked_workers_keep_their_error(method):
     compress = _jit_compress(bc.top_k(k=8))
     for leaf in SHAPES:
       msgs = [compress(p[leaf][i]) for i in range(3)]
-      np.testing.assert_allclose(out[leaf][0], np.mean(msgs, 0), rtol=1e-6, atol=1e-7)
+      np.testing.assert_allclose(out[leaf], np.mean(msgs, 0), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(
@@ -432,14 +417,12 @@ def test_hierarchical_compresses_only_the_slow_axis():
   out = jax.tree.map(np.asarray, out)
   # reference: two workers whose updates are their host's mean gradient
   host_means = jax.tree.map(lambda x: x.mean(1), grads)
-  flat = bc.error_feedback(c, axis_name="w", method="all_gather")
-  ref, _ = jax.jit(jax.vmap(flat.update, in_axes=(0, 0), axis_name="w"))(
-    host_means, bc.init_workers(flat, params, hosts)
-  )
+  flat = bc.simulate(bc.error_feedback(c, axis_name="w", method="all_gather"), hosts, axis_name="w")
+  ref, _ = jax.jit(flat.update)(host_means, flat.init(params))
   for leaf in SHAPES:
     for h in range(hosts):
       for dv in range(devices):
-        np.testing.assert_allclose(out[leaf][h, dv], ref[leaf][0], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(out[leaf][h, dv], ref[leaf], rtol=1e-6, atol=1e-6)
   ops = bc.wire_bytes(f, g, state)["ops"]
   assert {o["op"] for o in ops if o["group"] == devices} == {"all_reduce"}
   assert {o["op"] for o in ops if o["group"] == hosts} == {"all_gather"}
@@ -455,30 +438,26 @@ def test_orbax_saves_every_device_state(tmp_path):
   grads = _grads(10, 2 * steps)
   mesh = _mesh()
   tx = bc.error_feedback(bc.contractive(bc.rand_k(k=8)), axis_name="w", method="two_stage")
-  update = bc.device_update(tx, "w")
-
-  def body(g, s):
-    out, s = update(jax.tree.map(lambda x: x[0], g), s)
-    return jax.tree.map(lambda x: x[None], out), s
-
-  step = jax.jit(
-    jax.shard_map(body, mesh=mesh, in_specs=(P("w"), P("w")), out_specs=(P("w"), P("w")))
-  )
-  state = _put(bc.init_workers(tx, _params(), N), mesh, P("w"))
+  workers = bc.shard(tx, mesh, "w")
+  step = jax.jit(workers.update)
+  state = workers.init(_params())
   for t in range(steps):
-    _, state = step(_put(_step(grads, t), mesh, P("w")), state)
+    _, state = step(_step(grads, t), state)
   ckpt = ocp.StandardCheckpointer()
   ckpt.save(tmp_path / "state", state)
   ckpt.wait_until_finished()
   cont = state
   for t in range(steps, 2 * steps):
-    out, cont = step(_put(_step(grads, t), mesh, P("w")), cont)
+    out, cont = step(_step(grads, t), cont)
   restored = ckpt.restore(tmp_path / "state", jax.tree.map(ocp.utils.to_shape_dtype_struct, state))
   assert restored.error["a"].sharding.spec[0] == "w"  # one worker per device, as saved
   for t in range(steps, 2 * steps):
-    out2, restored = step(_put(_step(grads, t), mesh, P("w")), restored)
+    out2, restored = step(_step(grads, t), restored)
   for a, b in zip(jax.tree.leaves((out, cont)), jax.tree.leaves((out2, restored)), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # every device's block: its worker's state, its copy of the (replicated) aggregate
+    for sa, sb in zip(a.addressable_shards, b.addressable_shards, strict=True):
+      assert sa.device == sb.device
+      np.testing.assert_array_equal(np.asarray(sa.data), np.asarray(sb.data))
 
 
 # -- errors and the cost model ---------------------------------------------------------------

@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 import biased_compression as bc
 
@@ -21,17 +19,17 @@ D = 512  # at least 64 n: where the old `auto` switched to two_stage
 def _simulate(tx, grads, steps):
   """Runs `steps` updates of n simulated workers on constant per-worker gradients (jitted)."""
   params = jnp.zeros(grads.shape[1:])
-  update = jax.vmap(tx.update, in_axes=(0, 0, None), axis_name="w")
+  workers = bc.simulate(tx, N, axis_name="w")
 
   def body(state, _):
-    out, state = update(grads, state, params)
-    return state, out[0]
+    out, state = workers.update(grads, state, params)
+    return state, out
 
   @jax.jit
   def run(state):
     return jax.lax.scan(body, state, length=steps)
 
-  return run(bc.init_workers(tx, params, N))
+  return run(workers.init(params))
 
 
 def _grads(seed=0, d=D):
@@ -325,21 +323,11 @@ def test_bits_sent_equals_the_collectives_operands(family, method):
   mesh = jax.make_mesh((N,), ("w",), axis_types=(jax.sharding.AxisType.Explicit,))
   tx = bc.compress(FAMILIES[family], axis_name="w", method=method, min_size=16, seed=1)
   params = {"w": jnp.zeros((D,), jnp.float32), "b": jnp.zeros((10,), jnp.bfloat16)}
-  update = bc.device_update(tx, "w")
-
-  def body(g, s):
-    out, s = update(jax.tree.map(lambda x: x[0], g), s)
-    return jax.tree.map(lambda x: x[None], out), s
-
-  f = jax.shard_map(body, mesh=mesh, in_specs=(P("w"), P("w")), out_specs=(P("w"), P("w")))
-
-  def put(tree):
-    return jax.tree.map(lambda x: jax.device_put(x, NamedSharding(mesh, P("w"))), tree)
-
-  grads = put(jax.tree.map(lambda x: jnp.ones((N, *x.shape), x.dtype), params))
-  state = put(bc.init_workers(tx, params, N))
-  ops = bc.wire_bytes(f, grads, state)["ops"]
-  _, state = jax.jit(f)(grads, state)
+  workers = bc.shard(tx, mesh, "w")
+  grads = jax.tree.map(lambda x: jnp.ones((N, *x.shape), x.dtype), params)
+  state = workers.init(params)
+  ops = bc.wire_bytes(workers.update, grads, state)["ops"]
+  _, state = jax.jit(workers.update)(grads, state)
   up = bc.bits_sent(state, last_step=True)
   down = bc.bits_sent(state, last_step=True, server=True)
   assert (up == up[0]).all()

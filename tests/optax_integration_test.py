@@ -188,19 +188,18 @@ def test_orbax_restore_continues_bit_for_bit(tmp_path):
     optax.sgd(0.05),
     bc.error_feedback(bc.contractive(bc.rand_k(0.2)), axis_name="workers", seed=7),
   )
+  workers = bc.simulate(tx, n, axis_name="workers")
   x, y = _regression()
   xs, ys = x.reshape(n, -1, x.shape[-1]), y.reshape(n, -1, y.shape[-1])
 
   @jax.jit
   def step(params, state):
-    grads = jax.vmap(jax.grad(_loss), in_axes=(None, 0, 0))(params, xs, ys)
-    updates, state = jax.vmap(tx.update, in_axes=(0, 0, None), axis_name="workers")(
-      grads, state, params
-    )
-    return optax.apply_updates(params, jax.tree.map(lambda u: u[0], updates)), state
+    grads = jax.vmap(jax.grad(_loss), in_axes=(None, 0, 0))(params, xs, ys)  # one per worker
+    updates, state = workers.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
 
   params = _params(1, 0.1)
-  state = bc.init_workers(tx, params, n)
+  state = workers.init(params)
   for _ in range(10):
     params, state = step(params, state)
   ckpt = ocp.StandardCheckpointer()
@@ -363,8 +362,8 @@ def test_bits_per_worker_under_vmap():
   n = 3
   tx = bc.compress(bc.top_k(k=4), axis_name="workers")
   g = jax.tree.map(lambda x: jnp.stack([x] * n), _params(5))
-  state = bc.init_workers(tx, _params(5), n)
-  _, state = jax.jit(jax.vmap(tx.update, axis_name="workers"))(g, state)
+  workers = bc.simulate(tx, n, axis_name="workers")
+  _, state = jax.jit(workers.update)(g, workers.init(_params(5)))
   np.testing.assert_array_equal(
     bc.bits_sent(state), [bc.top_k(k=4).payload_bits(60) + bc.top_k(k=4).payload_bits(5)] * n
   )
@@ -377,9 +376,9 @@ def _worker_messages(c):
   n, d = 4, 40
   tx = bc.compress(c, axis_name="workers", seed=2)
   u = jnp.ones((n, d))
-  state = bc.init_workers(tx, u[0], n)
-  out, state = jax.jit(jax.vmap(tx.update, axis_name="workers"))(u, state)
-  return np.asarray(out[0]), state
+  workers = bc.simulate(tx, n, axis_name="workers")
+  out, state = jax.jit(workers.update)(u, workers.init(u[0]))
+  return np.asarray(out), state
 
 
 def test_workers_draw_independent_indices_unless_shared():

@@ -255,18 +255,17 @@ DIV_L = float(np.linalg.eigvalsh(DIV_H.mean(0)).max())
 def _distributed_run(transform, lr, steps, x0=None, hessians=DIV_H, n=3):
   h = jnp.asarray(hessians, jnp.float32)
   x0 = jnp.ones(h.shape[-1]) if x0 is None else x0
-  tx = optax.chain(optax.sgd(lr), transform)
-  update = jax.vmap(tx.update, in_axes=(0, 0, None), axis_name="workers")
+  workers = bc.simulate(optax.chain(optax.sgd(lr), transform), n, axis_name="workers")
 
   @jax.jit
   def go(x0):
     def body(carry, _):
       x, state = carry
-      updates, state = update(h @ x, state, x)
-      x = x + updates[0]
+      updates, state = workers.update(h @ x, state, x)  # worker i's gradient is h[i] @ x
+      x = x + updates
       return (x, state), jnp.linalg.norm(x)
 
-    return jax.lax.scan(body, (x0, bc.init_workers(tx, x0, n)), None, length=steps)
+    return jax.lax.scan(body, (x0, workers.init(x0)), None, length=steps)
 
   (x, state), norms = go(x0)
   return np.asarray(norms), state
@@ -305,17 +304,16 @@ def test_diana_converges_exactly_where_dcsgd_stalls():
   c = bc.rand_k(0.25)  # omega = 3
 
   def run(transform, lr, steps):
-    tx = optax.chain(transform, optax.sgd(lr))
-    update = jax.vmap(tx.update, in_axes=(0, 0, None), axis_name="workers")
+    workers = bc.simulate(optax.chain(transform, optax.sgd(lr)), n, axis_name="workers")
 
     @jax.jit
     def go(x0):
       def body(carry, _):
         x, state = carry
-        updates, state = update(x[None] - b, state, x)
-        return (x + updates[0], state), jnp.linalg.norm(x)
+        updates, state = workers.update(x[None] - b, state, x)
+        return (x + updates, state), jnp.linalg.norm(x)
 
-      return jax.lax.scan(body, (x0, bc.init_workers(tx, x0, n)), None, length=steps)
+      return jax.lax.scan(body, (x0, workers.init(x0)), None, length=steps)
 
     return np.asarray(go(jnp.ones(d))[1])
 
@@ -391,7 +389,9 @@ FAST_METHODS = {"error_feedback", "ef21", "econtrol"}
 
 
 def _vmap_run(tx, grads, n):
-  """grads: pytree with leaves (steps, n, ...). Returns the aggregated outputs (steps, ...)."""
+  """grads: pytree with leaves (steps, n, ...). Returns every worker's copy of the aggregated
+  outputs (steps, n, ...): the hand-written vmap, not `bc.simulate` (which returns one copy),
+  so that the test below checks that each worker sees the same aggregate."""
   params = jax.tree.map(lambda x: x[0, 0], grads)
   update = jax.vmap(tx.update, in_axes=(0, 0, None), axis_name="workers")
 
@@ -405,6 +405,22 @@ def _vmap_run(tx, grads, n):
 
   state, outs = go(grads)
   return state, outs
+
+
+def _simulate_run(tx, grads, n):
+  """As `_vmap_run` through `bc.simulate`: the outputs (steps, ...) are the one aggregate."""
+  params = jax.tree.map(lambda x: x[0, 0], grads)
+  workers = bc.simulate(tx, n, axis_name="workers")
+
+  @jax.jit
+  def go(grads):
+    def body(state, u):
+      out, state = workers.update(u, state, params)
+      return state, out
+
+    return jax.lax.scan(body, workers.init(params), grads)
+
+  return go(grads)
 
 
 @pytest.mark.parametrize(
@@ -433,7 +449,7 @@ def test_diana_matches_numpy_reference():
   grads = jax.random.normal(jax.random.key(8), (steps, n, d))
   c = bc.rand_k(k=10, shared_indices=True)  # all workers draw the same indices
   tx = bc.diana(c, axis_name="workers", seed=4)
-  _, outs = _vmap_run(tx, grads, n)
+  _, outs = _simulate_run(tx, grads, n)
   # rebuild the indices from the transformation's key schedule
   key = jax.random.PRNGKey(4)
   h_i = np.zeros((n, d), np.float32)
@@ -448,7 +464,7 @@ def test_diana_matches_numpy_reference():
     out = h + m.mean(0)
     h_i = h_i + alpha * m
     h = h + alpha * m.mean(0)
-    np.testing.assert_allclose(np.asarray(outs[t, 0]), out, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(outs[t]), out, rtol=1e-5, atol=1e-6)
 
 
 # -- clear errors for the mistakes users make -------------------------------------------------
