@@ -6,8 +6,9 @@ The compressor core: every operator is an immutable `Compressor` with ``compress
 
 The transformations: `compress`, `error_feedback`, `ef21`, `ef21_sgdm`, `econtrol` and
 `diana` are Optax transformations with explicit state, on one worker or, given an
-``axis_name``, on n workers (simulated under ``jax.vmap``; see `init_workers`). `bits_sent`
-reads the exact number of bits they sent from any optimizer state.
+``axis_name``, on n workers: `simulate` (under ``jax.vmap``) and `shard` (one per device,
+under ``jax.shard_map``) run them. `bits_sent` reads the exact number of bits they sent from
+any optimizer state.
 """
 
 from biased_compression.collectives import MeanResult

@@ -443,7 +443,9 @@ def test_not_a_compressor_is_a_type_error():
 def test_axis_name_must_be_bound():
   tx = bc.compress(bc.sign(), axis_name="workers")
   g = jnp.ones(8)
-  with pytest.raises(ValueError, match="axis_name 'workers' is not bound"):
+  with pytest.raises(
+    ValueError, match="axis_name .workers. is not bound here: run the workers with bc.simulate"
+  ):
     tx.update(g, tx.init(g))
 
 

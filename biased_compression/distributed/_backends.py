@@ -35,8 +35,8 @@ class Workers(NamedTuple):
     update: ``update(grads, state, params=None, **extra_args) -> (updates, state)``:
       ``grads`` holds one gradient per worker (a leading axis of n on every leaf); the
       returned ``updates`` are the aggregate, one copy without a worker axis, ready for
-      ``optax.apply_updates``. Extra arguments (``participating``, ``probability``) have a
-      leading worker axis too. Jit it as you would ``tx.update``.
+      ``optax.apply_updates``. Extra arguments (``participating``, ``probability``,
+      ``weights``) have a leading worker axis too. Jit it as you would ``tx.update``.
     num_workers: n.
     axis_name: the worker axis the transformation communicates over.
   """

@@ -4,9 +4,9 @@ Each is a factory returning an ``optax.GradientTransformationExtraArgs`` whose s
 ``NamedTuple`` with a step ``count``, a raw PRNG key ``rng_key``, the method's per-worker
 vectors (float32, shaped like the updates) and a `BitCount` ``bits``. With ``axis_name`` the
 transformation is one worker of a distributed method and must run where that axis is bound
-(``jax.vmap(..., axis_name=...)`` for simulated workers, see `init_workers`, or
-``jax.shard_map``); the server's aggregate is the float32 mean of the workers' decoded
-messages. Without it, it is the single-node method.
+(`biased_compression.simulate` for simulated workers, `biased_compression.shard` on
+devices, or a ``jax.vmap`` / ``jax.shard_map`` of one's own); the server's aggregate is the
+float32 mean of the workers' decoded messages. Without it, it is the single-node method.
 
 Options shared by every transformation of the library:
 

@@ -35,9 +35,10 @@ def check_bound(fn: str, axis_name) -> None:
     jax.lax.axis_size(axis_name)
   except NameError:
     raise ValueError(
-      f"{fn}: axis_name {axis_name!r} is not bound here; call update inside "
-      f"jax.shard_map over a mesh with axis {axis_name!r}, or inside "
-      f"jax.vmap(..., axis_name={axis_name!r}) to simulate workers (see bc.init_workers)"
+      f"{fn}: axis_name {axis_name!r} is not bound here: run the workers with "
+      f"bc.simulate(tx, n, axis_name={axis_name!r}) (simulated, jax.vmap) or "
+      f"bc.shard(tx, mesh, {axis_name!r}) (one per device, jax.shard_map), or call update "
+      f"inside your own jax.vmap / jax.shard_map over the axis {axis_name!r}"
     ) from None
 
 
@@ -153,9 +154,9 @@ def check_worker_state(fn: str, state, axis_name) -> None:
   )
   raise ValueError(
     f"{fn}: the state holds {key_shape[0]} workers (a leading worker axis, from "
-    f"bc.init_workers) but was given to {where}. Simulate the workers with "
-    "bc.simulated_update(tx, axis_name) (jax.vmap over the workers) or, on devices, use "
-    "bc.device_update(tx, axis_name) inside jax.shard_map; on one worker use tx.init(params)"
+    f"bc.init_workers) but was given to {where}. Run the workers with "
+    "bc.simulate(tx, n, axis_name=...) or bc.shard(tx, mesh, axis_name) (or, in a loop of "
+    "your own, bc.simulated_update / bc.device_update); on one worker use tx.init(params)"
   )
 
 
