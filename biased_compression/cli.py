@@ -2,13 +2,19 @@
 
 Subcommands:
 
-* ``compressors [--dim D] [--draws N] [--seed S]`` (the default): tabulates every compressor
-  of `standard_compressors` with its constants, its wire size and its measured relative
-  error ``||C(x) - x||^2 / ||x||^2`` on three test vectors (see `_vectors.test_vectors`).
+* ``compare [--task ...] [--methods ...] [--workers N] [--steps T] [--lrs ...] [--out DIR]``
+  (the default, the main job): trains a task with uncompressed GD and the library's methods
+  at their best step sizes and writes a table, plots and JSON (see
+  `biased_compression.experiments.compare`).
+* ``compressors [--dim D] [--draws N] [--seed S]``: tabulates every compressor of
+  `standard_compressors` with its constants, its wire size and its measured relative error
+  ``||C(x) - x||^2 / ||x||^2`` on three test vectors (`biased_compression.metrics`).
 * ``bench compressors [--sizes 2^16,2^18,...] [--repeats R] [--only NAME,...] [--json PATH]``:
   times encode and decode of every compressor against a memory-bound reference.
 * ``bench topk [--sizes 2^24] [--ratios 0.01,0.1] [--repeats R] [--methods ...] [--json PATH]``:
   times the Top-k selection methods (and ``torch.topk`` when PyTorch is importable).
+* ``bench runner [--workers 10,100,1000] [--dim 100] [--steps 200] [--json PATH]``: the
+  experiments runner against the bare compiled step and per-worker Python loops.
 * ``bench collectives [--dim 2^20] [--workers 2,4,...] [--model-params 1e8] ... [--json PATH]``:
   bytes and time of the compressed all-reduce, and a modelled step on a slow network.
 
