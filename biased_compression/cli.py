@@ -194,9 +194,6 @@ def _positive_floats(text: str) -> tuple[float, ...]:
   return values
 
 
-_DEFAULT_DATASET = "breast_cancer"
-
-
 def _topk_methods(text: str) -> tuple[str, ...]:
   methods = tuple(p.strip() for p in text.split(",") if p.strip())
   bad = [m for m in methods if m not in _timing.TOPK_METHODS]
@@ -424,24 +421,31 @@ def _methods(text: str) -> tuple[tuple[str, str | None], ...]:
   return tuple(out)
 
 
+_DATA_TASKS = {"logistic": "breast_cancer", "mlp": "digits", "cnn": "digits"}
+
+
 def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
   del argv
-  options = {"heterogeneous": not args.iid}
-  if args.task == "logistic":
+  options: dict[str, Any] = {}
+  given = [a for a in ("dataset", "libsvm", "idx") if getattr(args, a) is not None]
+  if len(given) > 1:
+    args.parser.error(f"give one of --dataset, --libsvm, --idx, not {' and '.join(given)}")
+  if args.task in _DATA_TASKS:
+    options["heterogeneous"] = not args.iid
     if args.libsvm is not None:
-      try:
-        options["dataset"] = experiments.load_libsvm(args.libsvm)
-      except (OSError, ValueError) as e:
-        args.parser.error(f"--libsvm {args.libsvm}: {e}")
+      options["dataset"] = f"libsvm:{args.libsvm}"
+    elif args.idx is not None:
+      options["dataset"] = f"idx:{args.idx[0]},{args.idx[1]}"
     else:
-      options["dataset"] = args.dataset
-  elif args.libsvm is not None or args.dataset != _DEFAULT_DATASET:
-    args.parser.error(f"--libsvm and --dataset apply to --task logistic, not {args.task}")
-  else:
-    options = {}
+      options["dataset"] = args.dataset or _DATA_TASKS[args.task]
+  elif given or args.iid:
+    args.parser.error(
+      f"--dataset, --libsvm, --idx and --iid apply to --task {', '.join(_DATA_TASKS)}, "
+      f"not {args.task}"
+    )
   try:
     task = experiments.make_task(args.task, args.workers, **options)
-  except ValueError as e:
+  except (OSError, ValueError, ImportError) as e:
     args.parser.error(str(e))
   if args.methods is None:
     methods = experiments.default_methods(args.ratio)
@@ -449,13 +453,10 @@ def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     methods = [
       experiments.RunConfig(algorithm=a, compressor=c, label=None) for a, c in args.methods
     ]
-  shown_options = {k: v for k, v in options.items() if k != "dataset"}
-  if "dataset" in options:
-    shown_options["dataset"] = args.libsvm or args.dataset
   methods = [
     m.replace(
       task=args.task,
-      task_options=shown_options,
+      task_options=options,
       num_workers=args.workers,
       steps=args.steps,
       seed=args.seed,
@@ -497,16 +498,25 @@ def build_parser() -> argparse.ArgumentParser:
   )
   cmp.add_argument(
     "--task",
-    choices=("logistic", "linear_regression", "quadratic"),
+    choices=tuple(experiments.TASKS),
     default="logistic",
-    help="the task (default: logistic)",
+    help="the task: logistic regression, an MLP or a small CNN (Flax) on a data set, or a "
+    "synthetic quadratic / linear regression with a known optimum (default: logistic)",
   )
   cmp.add_argument(
     "--dataset",
-    default=_DEFAULT_DATASET,
-    help=f"a bundled two-class set for --task logistic (default: {_DEFAULT_DATASET})",
+    default=None,
+    help="a bundled set (breast_cancer, digits_binary, ... for logistic; digits, mnist1d, "
+    "... for mlp / cnn); by default breast_cancer for logistic, digits for mlp and cnn",
   )
   cmp.add_argument("--libsvm", default=None, metavar="PATH", help="a LIBSVM file instead")
+  cmp.add_argument(
+    "--idx",
+    nargs=2,
+    default=None,
+    metavar=("IMAGES", "LABELS"),
+    help="MNIST-style IDX files instead (for mlp / cnn)",
+  )
   cmp.add_argument("--iid", action="store_true", help="an i.i.d. split (not sorted labels)")
   cmp.add_argument("--workers", type=_positive_int, default=8, help="n (default: 8)")
   cmp.add_argument("--steps", type=_positive_int, default=300, help="steps (default: 300)")

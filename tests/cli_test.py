@@ -80,7 +80,7 @@ def test_no_subcommand_runs_compare_with_defaults(monkeypatch):
 
   monkeypatch.setattr(cli, "_cmd_compare", fake)
   assert cli.main([]) == 0
-  assert seen["task"] == "logistic" and seen["dataset"] == "breast_cancer"
+  assert seen["task"] == "logistic" and seen["dataset"] is None  # breast_cancer
   assert seen["workers"] == 8 and seen["methods"] is None and seen["iid"] is False
 
 

@@ -227,6 +227,33 @@ def test_compare_refuses_methods_of_different_runs(logistic4):
     ex.compare([EF_TOPK, EF_TOPK.replace(steps=3)], task=logistic4)
 
 
+def test_cli_compare_reads_a_libsvm_file_and_records_it(tmp_path, capsys):
+  from sklearn.datasets import dump_svmlight_file
+
+  data = ex.bundled("breast_cancer")
+  path = tmp_path / "bc.txt"
+  dump_svmlight_file(data.x, 2 * data.y - 1, str(path))
+  argv = ["compare", "--libsvm", str(path), "--workers", "4", "--steps", "3", "--lrs", "0.1"]
+  assert cli.main([*argv, "--methods", "gd", "--no-plot", "--out", str(tmp_path / "o")]) == 0
+  record = json.loads((tmp_path / "o" / "results.json").read_text())
+  config = ex.RunConfig.from_dict(record["best"][0]["config"])
+  assert config.task_options["dataset"] == f"libsvm:{path}"
+  # the record reproduces the run
+  (again,) = ex.run(config, show_progress=False)
+  np.testing.assert_allclose(again.curves["loss"], record["best"][0]["curves"]["loss"], rtol=1e-6)
+  assert not (tmp_path / "o" / "loss.png").exists()
+
+
+def test_cli_compare_trains_the_mlp(tmp_path, capsys):
+  argv = ["compare", "--task", "mlp", "--workers", "4", "--steps", "3", "--lrs", "0.5"]
+  argv += ["--methods", "gd;ef:top_k(0.1)", "--no-plot", "--out", str(tmp_path)]
+  assert cli.main(argv) == 0
+  record = json.loads((tmp_path / "results.json").read_text())
+  assert record["best"][0]["config"]["task_options"] == {"heterogeneous": True, "dataset": "digits"}
+  loss = record["best"][0]["curves"]["loss"]
+  assert loss[-1] < loss[0]
+
+
 def test_cli_compare_runs_small(tmp_path, capsys):
   argv = ["compare", "--workers", "4", "--steps", "5", "--lrs", "0.1,1"]
   argv += ["--methods", "gd;ef:top_k(0.1);dcgd:sign()", "--out", str(tmp_path / "out")]
@@ -247,7 +274,9 @@ def test_cli_compare_runs_small(tmp_path, capsys):
     (["compare", "--lrs", "0.1,-1"], "step sizes must be finite and > 0"),
     (["compare", "--workers", "0"], "positive integer"),
     (["compare", "--dataset", "digits"], "has 10 classes"),
-    (["compare", "--libsvm", "/no/such/file.txt"], "--libsvm /no/such/file.txt"),
+    (["compare", "--libsvm", "/no/such/file.txt"], "/no/such/file.txt"),
+    (["compare", "--task", "quadratic", "--dataset", "digits"], "apply to --task logistic"),
+    (["compare", "--dataset", "digits", "--libsvm", "a.txt"], "not dataset and libsvm"),
     (["compare", "--task", "quadratic", "--batch-size", "2"], "has no samples to draw"),
     (["compare", "--ratio", "2"], "ratios must be in (0, 1]"),
   ],

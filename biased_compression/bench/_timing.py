@@ -231,7 +231,7 @@ def _torch_topk() -> Callable[[np.ndarray, int], Callable[[], Any]] | None:
     return None
 
   def make(x: np.ndarray, k: int) -> Callable[[], Any]:
-    xt = torch.from_numpy(x)
+    xt = torch.from_numpy(np.array(x))  # a writable copy
     return lambda: torch.topk(xt.abs(), k, sorted=False).indices.numpy()
 
   return make

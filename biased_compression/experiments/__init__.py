@@ -2,7 +2,8 @@
 
 * Tasks (`Task`): `quadratic`, `linear_regression` (known optimum), `logistic_regression`
   (a bundled or LIBSVM data set, sorted-label or i.i.d. split over n workers, optional
-  non-convex regulariser); data loaders `bundled`, `load_libsvm`, `load_idx`, `mnist1d`.
+  non-convex regulariser), `mlp_classification` and `cnn_classification` (Flax NNX models on
+  flat features or images); data loaders `bundled`, `load_libsvm`, `load_idx`, `mnist1d`.
 * Methods as data: `RunConfig` (task, n, algorithm, compressor spec, step size, steps, seed)
   round-trips through JSON; `make_transformation` builds its Optax chain.
 * `run`: a whole run compiled with ``lax.scan`` in chunks, under ``jax.vmap`` (simulated
@@ -26,6 +27,8 @@ from biased_compression.experiments._data import load_libsvm
 from biased_compression.experiments._data import mnist1d
 from biased_compression.experiments._data import split
 from biased_compression.experiments._data import worker_split
+from biased_compression.experiments._models import cnn_classification
+from biased_compression.experiments._models import mlp_classification
 from biased_compression.experiments._runner import RunResult
 from biased_compression.experiments._runner import run
 from biased_compression.experiments._tasks import TASKS
@@ -45,6 +48,7 @@ __all__ = [
   "TASKS",
   "Task",
   "bundled",
+  "cnn_classification",
   "compare",
   "default_methods",
   "linear_regression",
@@ -53,6 +57,7 @@ __all__ = [
   "logistic_regression",
   "make_task",
   "make_transformation",
+  "mlp_classification",
   "mnist1d",
   "quadratic",
   "run",

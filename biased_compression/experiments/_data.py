@@ -543,3 +543,28 @@ def worker_split(
   if heterogeneous:
     idx = idx[np.argsort(y[idx], kind="stable")]
   return x[idx].reshape((n, shard) + x.shape[1:]), y[idx].reshape(n, shard)
+
+
+def from_spec(spec: str | Dataset) -> Dataset:
+  """The data set a config names: a bundled name, ``"mnist1d"``, ``"libsvm:PATH"`` or
+  ``"idx:IMAGES,LABELS"`` (so a result file with a user's data says where they came from);
+  a `Dataset` is returned as it is.
+
+  Example:
+    >>> from_spec("breast_cancer").x.shape
+    (569, 30)
+  """
+  if isinstance(spec, Dataset):
+    return spec
+  if not isinstance(spec, str):
+    raise TypeError(f"from_spec: expected a data set name or a Dataset, got {spec!r}")
+  if spec.startswith("libsvm:"):
+    return load_libsvm(spec[len("libsvm:") :])
+  if spec.startswith("idx:"):
+    paths = spec[len("idx:") :].split(",")
+    if len(paths) != 2:
+      raise ValueError(f"from_spec: write idx:IMAGES,LABELS, got {spec!r}")
+    return load_idx(*paths)
+  if spec == "mnist1d":
+    return mnist1d()
+  return bundled(spec)

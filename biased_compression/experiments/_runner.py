@@ -88,15 +88,19 @@ def _sample(train, key, batch_size: int):
   return jax.tree.map(lambda x: jax.vmap(lambda xi, ii: xi[ii])(x, idx), train)
 
 
-def _metrics(task: _tasks.Task, params, loss=None) -> dict[str, jax.Array]:
-  out = {"loss": task.global_loss(params) if loss is None else loss}
+def _metrics(task: _tasks.Task, params, data, loss=None) -> dict[str, jax.Array]:
+  """The logged values at ``params``; ``data`` = (train, test) as the program's arguments."""
+  train, test = data
+  if loss is None:
+    loss = jnp.mean(jax.vmap(task.loss, in_axes=(None, 0))(params, train))
+  out = {"loss": loss}
   if task.accuracy is not None:
-    acc = jax.vmap(task.accuracy, in_axes=(None, 0))(params, task.train)
+    acc = jax.vmap(task.accuracy, in_axes=(None, 0))(params, train)
     out["accuracy"] = jnp.mean(acc)
-  if task.test is not None:
-    out["test_loss"] = task.loss(params, task.test)
+  if test is not None:
+    out["test_loss"] = task.loss(params, test)
     if task.accuracy is not None:
-      out["test_accuracy"] = task.accuracy(params, task.test)
+      out["test_accuracy"] = task.accuracy(params, test)
   return out
 
 
@@ -107,7 +111,11 @@ def _workers(tx, n: int, backend: str, mesh):
 
 
 def _program(task: _tasks.Task, config: _config.RunConfig, backend: str, mesh, chunk: int):
-  """(init(lr) -> carry, advance(carry, lr) -> (carry, metrics of `chunk` steps))."""
+  """(init(lr) -> carry, advance(carry, lr, first, data) -> (carry, metrics of `chunk` steps)).
+
+  The data travel as arguments, not as constants baked into the compiled program (which
+  made XLA copy and fold them: slow compiles and large programs for image sets).
+  """
   n = task.num_workers
   total = config.steps
 
@@ -119,23 +127,22 @@ def _program(task: _tasks.Task, config: _config.RunConfig, backend: str, mesh, c
     params = task.params
     return params, workers.init(params), jax.random.key(config.seed)
 
-  def advance(carry, lr, first):
+  def advance(carry, lr, first, data):
     workers = workers_for(lr)
+    train = data[0]
 
     def step(carry, t):
       old = carry
       params, state, key = carry
       key, sub = jax.random.split(key)
-      data = task.train
-      if config.batch_size is not None:
-        data = _sample(task.train, sub, config.batch_size)
       if config.batch_size is None:
         # full gradients: the loss at x_t comes with them (the mean over equal shards is f)
-        losses, grads = jax.vmap(jax.value_and_grad(task.loss), in_axes=(None, 0))(params, data)
-        metrics = _metrics(task, params, loss=jnp.mean(losses))
+        losses, grads = jax.vmap(jax.value_and_grad(task.loss), in_axes=(None, 0))(params, train)
+        metrics = _metrics(task, params, data, loss=jnp.mean(losses))
       else:
-        metrics = _metrics(task, params)
-        grads = jax.vmap(jax.grad(task.loss), in_axes=(None, 0))(params, data)
+        batch = _sample(train, sub, config.batch_size)
+        metrics = _metrics(task, params, data)
+        grads = jax.vmap(jax.grad(task.loss), in_axes=(None, 0))(params, batch)
       updates, state = workers.update(grads, state, params)
       params = optax.apply_updates(params, updates)
       metrics["bits"] = bc.bit_words(state)  # the total after this step, per worker
@@ -198,20 +205,23 @@ def run(
   if chunk < 1:
     raise ValueError(f"run: chunk must be >= 1, got {chunk!r}")
   init, advance = _program(task, config, backend, mesh, chunk)
-  grid = jnp.asarray(lrs, jnp.float32)
-  if backend == "vmap":
-    init_all = jax.jit(jax.vmap(init))
-    advance_all = jax.jit(jax.vmap(advance, in_axes=(0, 0, None)))
-    final = jax.jit(jax.vmap(lambda c: _metrics(task, c[0])))
-    groups = [(init_all, advance_all, final, grid)]
+  data = (task.train, task.test)
+  if backend == "vmap" and len(lrs) > 1:
+    # the grid is one program: a batch axis over the step sizes
+    init_fn = jax.jit(jax.vmap(init))
+    advance_fn = jax.jit(jax.vmap(advance, in_axes=(0, 0, None, None)))
+    final_fn = jax.jit(jax.vmap(lambda c, data: _metrics(task, c[0], data), in_axes=(0, None)))
+    groups = [(init_fn, advance_fn, final_fn, jnp.asarray(lrs, jnp.float32), True)]
   else:
-    groups = [
-      (jax.jit(init), jax.jit(advance), jax.jit(lambda c: _metrics(task, c[0])), lr) for lr in grid
-    ]
+    # one program per step size (no batch axis: e.g. XLA:CPU would batch a CNN's kernels
+    # into a slow grouped convolution)
+    init_fn, advance_fn = jax.jit(init), jax.jit(advance)
+    final_fn = jax.jit(lambda c, data: _metrics(task, c[0], data))
+    groups = [(init_fn, advance_fn, final_fn, jnp.float32(lr), False) for lr in lrs]
   outputs = []
-  for init_fn, advance_fn, final_fn, lr in groups:
+  for init_fn, advance_fn, final_fn, lr, batched in groups:
     carry = init_fn(lr)
-    advance_fn = advance_fn.lower(carry, lr, 0).compile()  # so that the times exclude it
+    compiled = advance_fn.lower(carry, lr, 0, data).compile()  # the times exclude it
     chunks, ends, done = [], [], 0
     bar = _output.progress(
       total=steps, desc=desc or config.name, leave=False, disable=not show_progress
@@ -219,22 +229,22 @@ def run(
     with bar:
       start = time.perf_counter()
       while done < steps:
-        carry, metrics = advance_fn(carry, lr, done)
+        carry, metrics = compiled(carry, lr, done, data)
         chunks.append(jax.device_get(metrics))
         k = min(chunk, steps - done)
         ends.append((time.perf_counter() - start, k))
         done += k
         bar.update(k)
     seconds = float(time.perf_counter() - start)
-    last = jax.device_get(final_fn(carry))
+    last = jax.device_get(final_fn(carry, data))
     times, prev = [], 0.0
     for end, k in ends:  # each chunk's time spread evenly over its steps
       times.append(prev + (end - prev) * np.arange(1, k + 1) / k)
       prev = end
-    outputs.append((chunks, times, last, seconds, backend == "vmap"))
+    outputs.append((chunks, times, last, seconds, batched))
   results = []
   for index, lr in enumerate(lrs):
-    group = outputs[0] if backend == "vmap" else outputs[index]
+    group = outputs[0] if len(outputs) == 1 else outputs[index]
     chunks, times, last, seconds, batched = group
     pick = (lambda x, i=index: x[i]) if batched else (lambda x: x)
     curves = _assemble(task, chunks, times, last, pick, steps)

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from biased_compression.experiments import _models
+
 __all__ = ["Task", "quadratic", "linear_regression", "logistic_regression", "TASKS", "make_task"]
 
 Params = Any
@@ -239,8 +241,8 @@ def logistic_regression(
 
   Args:
     dataset: a bundled set's name (``"breast_cancer"``, ``"digits_binary"``, ...; see
-      `biased_compression.experiments.bundled`), or a ``Dataset`` with two classes (e.g. from
-      `load_libsvm`).
+      `biased_compression.experiments.bundled`), ``"libsvm:PATH"``, or a ``Dataset`` with
+      two classes (e.g. from `load_libsvm`).
     num_workers: n >= 1.
     heterogeneous: the split by sorted labels (True) or i.i.d. (False).
     l2: the L2 regularisation, >= 0.
@@ -257,7 +259,7 @@ def logistic_regression(
   test_fraction = _check_float(fn, "test_fraction", test_fraction, 0.0)
   if test_fraction >= 1.0:
     raise ValueError(f"{fn}: test_fraction must be in [0, 1), got {test_fraction!r}")
-  data = _data.bundled(dataset) if isinstance(dataset, str) else dataset
+  data = _data.from_spec(dataset)
   if data.num_classes != 2:
     raise ValueError(
       f"{fn}: dataset {data.name!r} has {data.num_classes} classes; logistic regression "
@@ -298,6 +300,8 @@ TASKS = {
   "quadratic": quadratic,
   "linear_regression": linear_regression,
   "logistic": logistic_regression,
+  "mlp": _models.mlp_classification,
+  "cnn": _models.cnn_classification,
 }
 
 
