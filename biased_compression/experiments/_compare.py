@@ -176,7 +176,11 @@ class Comparison:
     return paths
 
   def plot(self, folder: str | pathlib.Path) -> dict[str, pathlib.Path]:
-    """Loss (or f - f*) against bits per worker and against steps: ``loss.png``/``.pdf``."""
+    """Loss (or f - f*) against bits per worker and against steps: ``loss.png``/``.pdf``.
+
+    One colour per compressor; solid lines for error feedback (EF, EF21, ...), dashed for
+    compressed gradients without it (DCGD, DSignSGD), dotted for DIANA; GD in black.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -184,18 +188,23 @@ class Comparison:
 
     folder = pathlib.Path(folder)
     key = "gap" if self.f_star is not None else "loss"
-    fig, (ax_bits, ax_steps) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    fig, (ax_bits, ax_steps) = plt.subplots(1, 2, figsize=(12, 5.5))
+    # one colour per compressor, one line style per kind of algorithm
+    specs = list(dict.fromkeys(r.config.compressor for r in self.best if r.config.compressor))
+    colours = plt.get_cmap("tab10" if len(specs) <= 10 else "tab20")
+    styles = {"dcgd": "--", "diana": ":", "gd": "-"}
     for r in self.best:
       c = r.curves
       y = np.asarray(c[key], np.float64)
       if key == "gap":
         y = np.maximum(y, 1e-12)
-      style = "-" if r.config.algorithm in ("ef", "ef21", "ef21_sgdm", "econtrol") else "--"
-      if r.config.algorithm == "gd":
-        style = "k-"
+      spec = r.config.compressor
+      colour = "black" if spec is None else colours(specs.index(spec) % colours.N)
+      style = styles.get(r.config.algorithm, "-")
       bits = np.maximum(np.asarray(c["bits"], np.float64) / self.num_workers, 1.0)
-      ax_bits.plot(bits, y, style, label=r.config.name, lw=1.2)
-      ax_steps.plot(c["step"], y, style, label=r.config.name, lw=1.2)
+      kwargs = {"color": colour, "ls": style, "lw": 2.0 if spec is None else 1.2}
+      ax_bits.plot(bits, y, label=r.config.name, **kwargs)
+      ax_steps.plot(c["step"], y, **kwargs)
     ylabel = "f(x) - f*" if key == "gap" else "training loss"
     for ax, xlabel in ((ax_bits, "bits sent per worker"), (ax_steps, "step")):
       ax.set_yscale("log")
@@ -203,7 +212,9 @@ class Comparison:
       ax.set_ylabel(ylabel)
       ax.grid(True, which="both", alpha=0.3)
     ax_bits.set_xscale("log")
-    ax_steps.legend(fontsize=7, loc="upper right", ncol=2)
+    fig.legend(loc="lower center", ncol=3, fontsize=7, frameon=False)
+    rows = -(-len(self.best) // 3)
+    fig.subplots_adjust(bottom=0.12 + 0.035 * rows, top=0.9, wspace=0.25)
     fig.suptitle(f"{self.task} (n = {self.num_workers}, d = {self.num_params})")
     out = {}
     for ext in ("png", "pdf"):
