@@ -21,7 +21,10 @@ def _mean(compressor, x, mask=None, probability=None):
   return np.asarray(jax.jit(jax.vmap(f, in_axes=axes, axis_name="w"))(x, mask, probability)[0])
 
 
-@pytest.mark.parametrize("compressor", [bc.top_k(k=3), bc.sign(), bc.natural_dithering(3)])
+@pytest.mark.parametrize(
+  "compressor",
+  [bc.top_k(k=3), bc.sign(), pytest.param(bc.natural_dithering(3), marks=pytest.mark.slow)],
+)
 @pytest.mark.parametrize("weighted", [False, True])
 def test_every_block_size_gives_the_same_mean(compressor, weighted, monkeypatch):
   x = jax.random.normal(jax.random.key(0), (N, D))

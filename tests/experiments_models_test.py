@@ -132,7 +132,7 @@ def test_gd_decreases_the_loss_and_raises_the_accuracy(name):
   np.testing.assert_array_equal(c["bits"], 32 * d * 4 * np.arange(13))
 
 
-@pytest.mark.parametrize("name", ["mlp", "cnn"])
+@pytest.mark.parametrize("name", ["mlp", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_error_feedback_trains_and_counts_top_k_bits_per_leaf(name, tasks):
   task = tasks[name]
   config = ex.RunConfig(

@@ -137,11 +137,16 @@ def test_runner_is_deterministic(logistic4):
   "config",
   [
     EF_TOPK,
-    EF_TOPK.replace(algorithm="ef21", compressor="natural_dithering:4"),
-    EF_TOPK.replace(algorithm="diana", compressor="rand_k:0.2", batch_size=6),
+    pytest.param(
+      EF_TOPK.replace(algorithm="ef21", compressor="natural_dithering:4"), marks=pytest.mark.slow
+    ),
+    pytest.param(
+      EF_TOPK.replace(algorithm="diana", compressor="rand_k:0.2", batch_size=6),
+      marks=pytest.mark.slow,
+    ),
     EF_TOPK.replace(algorithm="gd"),
   ],
-  ids=lambda c: c.name,
+  ids=["ef", "ef21", "diana", "gd"],
 )
 def test_runner_equals_a_hand_written_loop_and_counts_bits_sent(config, logistic4):
   """Loss curve and bits equal an independent loop over bc.simulate with bits_sent."""
@@ -244,6 +249,7 @@ def test_cli_compare_reads_a_libsvm_file_and_records_it(tmp_path, capsys):
   assert not (tmp_path / "o" / "loss.png").exists()
 
 
+@pytest.mark.slow  # the MLP's own tests run by default
 def test_cli_compare_trains_the_mlp(tmp_path, capsys):
   argv = ["compare", "--task", "mlp", "--workers", "4", "--steps", "3", "--lrs", "0.5"]
   argv += ["--methods", "gd;ef:top_k(0.1)", "--no-plot", "--out", str(tmp_path)]

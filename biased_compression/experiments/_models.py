@@ -275,7 +275,7 @@ def mlp_classification(
       f"{fn}: unknown dataset {dataset!r}; choose from {', '.join(_data.BUNDLED)}, "
       "'mnist1d', 'libsvm:PATH', 'idx:IMAGES,LABELS', or pass a Dataset"
     )
-  data = _data.from_spec(dataset)
+  data = _data.from_spec(dataset) if isinstance(dataset, str) else dataset
   data = _check_dataset(fn, data)
   data = data._replace(x=data.x.reshape(data.x.shape[0], -1))
   sizes = (data.x.shape[1], *hidden, data.num_classes)
