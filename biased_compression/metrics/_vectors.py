@@ -72,7 +72,7 @@ def test_vectors(d: int | None = None, seed: int = 0) -> dict[str, jax.Array]:
     A dict from vector name to a 1-D float32 array, in the order listed above.
 
   Example:
-    >>> from biased_compression import _vectors
+    >>> from biased_compression.metrics import _vectors
     >>> {k: v.shape for k, v in _vectors.test_vectors(1000).items()}
     {'gaussian': (1000,), 'heavy_tailed': (1000,), 'mlp_gradient': (9610,)}
   """
