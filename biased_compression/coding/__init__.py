@@ -1,0 +1,38 @@
+"""Gradient codes: exact decoding with stragglers, and stochastic gradient coding.
+
+* `GradientCode`: n workers, m parts of the data, and the n x m encoding matrix ``B``; worker
+  i sends ``sum_j B[i, j] g_j`` of the gradients of the parts it holds.
+* Constructors: `fractional_repetition` and `cyclic_repetition` (Tandon et al., 2017: any
+  n - s workers decode the exact sum), and `sgc_cyclic` (the balanced allocation of stochastic
+  gradient coding, Bitar, Wootters and El Rouayheb, 2020).
+* Encoding (jit and vmap safe): `encode` (one worker, possibly a traced index) and
+  `encode_all` (all workers, a leading worker axis); `combine` weights the messages.
+* Decoding on the host: `decoding_weights` (exact, or None) and `residual`; `sgc_weights` (the
+  unbiased SGC weights) and, inside jit with a traced mask, `masked_sgc_weights`.
+"""
+
+from biased_compression.coding._codes import GradientCode
+from biased_compression.coding._codes import combine
+from biased_compression.coding._codes import cyclic_repetition
+from biased_compression.coding._codes import decoding_weights
+from biased_compression.coding._codes import encode
+from biased_compression.coding._codes import encode_all
+from biased_compression.coding._codes import fractional_repetition
+from biased_compression.coding._codes import masked_sgc_weights
+from biased_compression.coding._codes import residual
+from biased_compression.coding._codes import sgc_cyclic
+from biased_compression.coding._codes import sgc_weights
+
+__all__ = [
+  "GradientCode",
+  "combine",
+  "cyclic_repetition",
+  "decoding_weights",
+  "encode",
+  "encode_all",
+  "fractional_repetition",
+  "masked_sgc_weights",
+  "residual",
+  "sgc_cyclic",
+  "sgc_weights",
+]
