@@ -9,6 +9,8 @@
   `encode_all` (all workers, a leading worker axis); `combine` weights the messages.
 * Decoding on the host: `decoding_weights` (exact, or None) and `residual`; `sgc_weights` (the
   unbiased SGC weights) and, inside jit with a traced mask, `masked_sgc_weights`.
+* Straggler models drawn inside jit from a key shared by the workers: `iid` (probability p,
+  or p_i per worker), `fixed` (a set), `adversarial` (the s stragglers worst for a decoding).
 """
 
 from biased_compression.coding._codes import GradientCode
@@ -22,9 +24,17 @@ from biased_compression.coding._codes import masked_sgc_weights
 from biased_compression.coding._codes import residual
 from biased_compression.coding._codes import sgc_cyclic
 from biased_compression.coding._codes import sgc_weights
+from biased_compression.coding._stragglers import Stragglers
+from biased_compression.coding._stragglers import adversarial
+from biased_compression.coding._stragglers import fixed
+from biased_compression.coding._stragglers import iid
 
 __all__ = [
   "GradientCode",
+  "Stragglers",
+  "adversarial",
+  "fixed",
+  "iid",
   "combine",
   "cyclic_repetition",
   "decoding_weights",
