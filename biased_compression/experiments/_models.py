@@ -66,10 +66,7 @@ def _check_common(fn: str, num_workers, heterogeneous, test_fraction, seed) -> t
   _tasks._check_int(fn, "seed", seed, 0)
   if not isinstance(heterogeneous, (bool, np.bool_)):
     raise ValueError(f"{fn}: heterogeneous must be a bool, got {heterogeneous!r}")
-  test_fraction = _tasks._check_float(fn, "test_fraction", test_fraction, 0.0)
-  if test_fraction >= 1.0:
-    raise ValueError(f"{fn}: test_fraction must be in [0, 1), got {test_fraction!r}")
-  return n, test_fraction
+  return n, _tasks.check_test_fraction(fn, test_fraction)
 
 
 def _check_dataset(fn: str, data: Any) -> _data.Dataset:
@@ -176,16 +173,9 @@ def _build(
   """The Task of the NNX model ``make()`` on ``data`` (x already shaped as the model reads it)."""
   from biased_compression.experiments import _tasks
 
-  if test_fraction > 0:
-    train, test = _data.split(data, fraction=test_fraction, seed=seed)
-  else:
-    train, test = data, None
-  if n > train.y.shape[0]:
-    raise ValueError(
-      f"{fn}: num_workers={n} but the training part of {data.name!r} has only "
-      f"{train.y.shape[0]} samples (one per worker at least)"
-    )
-  x_w, y_w = _data.worker_split(train.x, train.y, n, heterogeneous=heterogeneous, seed=seed)
+  x_w, y_w, test = _tasks.shards(
+    fn, data, n, heterogeneous=heterogeneous, test_fraction=test_fraction, seed=seed
+  )
   graphdef, state = nnx.split(make(), nnx.Param)
   params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), nnx.to_pure_dict(state))
 

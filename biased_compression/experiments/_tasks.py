@@ -82,6 +82,32 @@ def _check_float(fn: str, name: str, value, low: float, *, open_low: bool = Fals
   return float(value)
 
 
+def check_test_fraction(fn: str, test_fraction) -> float:
+  """A held-out fraction in [0, 1)."""
+  test_fraction = _check_float(fn, "test_fraction", test_fraction, 0.0)
+  if test_fraction >= 1.0:
+    raise ValueError(f"{fn}: test_fraction must be in [0, 1), got {test_fraction!r}")
+  return test_fraction
+
+
+def shards(fn: str, data, n: int, *, heterogeneous: bool, test_fraction: float, seed: int):
+  """(x_w, y_w, test): n equal training shards (`worker_split`) and the held-out `Dataset`
+  (a stratified ``test_fraction`` of ``data``), or None for the test part when it is 0."""
+  from biased_compression.experiments import _data
+
+  if test_fraction > 0:
+    train, test = _data.split(data, fraction=test_fraction, seed=seed)
+  else:
+    train, test = data, None
+  if n > train.y.shape[0]:
+    raise ValueError(
+      f"{fn}: num_workers={n} but the training part of {data.name!r} has only "
+      f"{train.y.shape[0]} samples (one per worker at least)"
+    )
+  x_w, y_w = _data.worker_split(train.x, train.y, n, heterogeneous=heterogeneous, seed=seed)
+  return x_w, y_w, test
+
+
 def quadratic(
   num_workers: int = 8,
   dim: int = 20,
@@ -256,20 +282,16 @@ def logistic_regression(
   n = _check_int(fn, "num_workers", num_workers, 1)
   l2 = _check_float(fn, "l2", l2, 0.0)
   nonconvex = _check_float(fn, "nonconvex", nonconvex, 0.0)
-  test_fraction = _check_float(fn, "test_fraction", test_fraction, 0.0)
-  if test_fraction >= 1.0:
-    raise ValueError(f"{fn}: test_fraction must be in [0, 1), got {test_fraction!r}")
+  test_fraction = check_test_fraction(fn, test_fraction)
   data = _data.from_spec(dataset)
   if data.num_classes != 2:
     raise ValueError(
       f"{fn}: dataset {data.name!r} has {data.num_classes} classes; logistic regression "
       "needs two (e.g. 'breast_cancer' or 'digits_binary')"
     )
-  if test_fraction > 0:
-    train, test = _data.split(data, fraction=test_fraction, seed=seed)
-  else:
-    train, test = data, None
-  x_w, y_w = _data.worker_split(train.x, train.y, n, heterogeneous=heterogeneous, seed=seed)
+  x_w, y_w, test = shards(
+    fn, data, n, heterogeneous=heterogeneous, test_fraction=test_fraction, seed=seed
+  )
   a_all = np.asarray(x_w, np.float64).reshape(-1, x_w.shape[-1])
   y_all = np.asarray(y_w, np.float64).reshape(-1)
   f_star = _newton_optimum(a_all, y_all, l2) if l2 > 0 and nonconvex == 0 else None
