@@ -27,6 +27,7 @@ from biased_compression.compressors import class_constants
 from biased_compression.compressors import compose
 from biased_compression.compressors import contractive
 from biased_compression.compressors import exponential_rounding
+from biased_compression.compressors import grouped_sign
 from biased_compression.compressors import identity
 from biased_compression.compressors import induced
 from biased_compression.compressors import natural_compression
@@ -102,6 +103,7 @@ __all__ = (
   "ef21_sgdm",
   "error_feedback",
   "exponential_rounding",
+  "grouped_sign",
   "identity",
   "induced",
   "init_workers",

@@ -27,6 +27,7 @@ REPRESENTATIVES = (
   "rand_k",
   "natural_dithering",
   "scaled_sign",
+  "grouped_sign",
   "sign",
   "natural_compression",
   "induced",

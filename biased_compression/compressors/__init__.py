@@ -3,9 +3,9 @@
 * The interface: `Compressor` (``compress``, ``encode`` / ``decode``, ``bits``, ``omega`` /
   ``delta`` and the capability flags ``unbiased``, ``needs_key``, ``linear``,
   ``shared_randomness``), the classes B1, B2, B3 and U(omega) (`class_constants`, ...).
-* The operator families: quantisers (`sign`, `scaled_sign`, `natural_compression`,
-  `exponential_rounding`, `standard_dithering`, `natural_dithering`, `identity`, `cast`) and
-  sparsifiers (`top_k`, `rand_k`, `adaptive_random_sparsification`).
+* The operator families: quantisers (`sign`, `scaled_sign`, `grouped_sign`,
+  `natural_compression`, `exponential_rounding`, `standard_dithering`, `natural_dithering`,
+  `identity`, `cast`) and sparsifiers (`top_k`, `rand_k`, `adaptive_random_sparsification`).
 * Combinators: `compose`, `induced`, `scaled`, `contractive`, `top_k_natural_dithering`.
 * The registry of example operators, `standard_compressors`, and `parse_compressor` for
   short specs such as ``"top_k:0.01"``.
@@ -24,6 +24,7 @@ from biased_compression.compressors._combinators import scaled
 from biased_compression.compressors._combinators import top_k_natural_dithering
 from biased_compression.compressors._quantization import cast
 from biased_compression.compressors._quantization import exponential_rounding
+from biased_compression.compressors._quantization import grouped_sign
 from biased_compression.compressors._quantization import identity
 from biased_compression.compressors._quantization import natural_compression
 from biased_compression.compressors._quantization import natural_dithering
@@ -50,6 +51,7 @@ __all__ = [
   "compose",
   "contractive",
   "exponential_rounding",
+  "grouped_sign",
   "identity",
   "induced",
   "natural_compression",
