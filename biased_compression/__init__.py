@@ -11,6 +11,8 @@ under ``jax.shard_map``) run them. `bits_sent` reads the exact number of bits th
 any optimizer state.
 """
 
+from biased_compression import coding
+from biased_compression.coding import coco_ef
 from biased_compression.collectives import MeanResult
 from biased_compression.collectives import choose_method
 from biased_compression.collectives import compressed_mean
@@ -91,6 +93,8 @@ __all__ = (
   "bits_sent",
   "cast",
   "choose_method",
+  "coco_ef",
+  "coding",
   "class_constants",
   "compose",
   "compress",

@@ -11,8 +11,16 @@
   unbiased SGC weights) and, inside jit with a traced mask, `masked_sgc_weights`.
 * Straggler models drawn inside jit from a key shared by the workers: `iid` (probability p,
   or p_i per worker), `fixed` (a set), `adversarial` (the s stragglers worst for a decoding).
+* Training with stragglers: `coded` (any communicating transformation of the library, with
+  the straggler draw and the decoding weights; `Decoder`, `alive_workers`) and `coco_ef`
+  (biased compression with error feedback in gradient coding, Li, Xiao, Skoglund, 2026).
 """
 
+from biased_compression.coding._coco_ef import DECODINGS
+from biased_compression.coding._coco_ef import Decoder
+from biased_compression.coding._coco_ef import alive_workers
+from biased_compression.coding._coco_ef import coco_ef
+from biased_compression.coding._coco_ef import coded
 from biased_compression.coding._codes import GradientCode
 from biased_compression.coding._codes import combine
 from biased_compression.coding._codes import cyclic_repetition
@@ -30,7 +38,12 @@ from biased_compression.coding._stragglers import fixed
 from biased_compression.coding._stragglers import iid
 
 __all__ = [
+  "DECODINGS",
+  "Decoder",
   "GradientCode",
+  "alive_workers",
+  "coco_ef",
+  "coded",
   "Stragglers",
   "adversarial",
   "fixed",
