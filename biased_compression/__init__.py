@@ -9,6 +9,10 @@ The transformations: `compress`, `error_feedback`, `ef21`, `ef21_sgdm`, `econtro
 ``axis_name``, on n workers: `simulate` (under ``jax.vmap``) and `shard` (one per device,
 under ``jax.shard_map``) run them. `bits_sent` reads the exact number of bits they sent from
 any optimizer state.
+
+Gradient coding with stragglers: `coco_ef` (biased compression with error feedback in
+gradient coding) and, in `coding`, the codes, the straggler models and `coding.coded`, which
+gives any of the transformations above a straggler draw and decoding weights.
 """
 
 from biased_compression import coding

@@ -359,3 +359,18 @@ def test_errors_at_the_update():
   with pytest.raises(ValueError, match="contractive"):
     w = _workers(unbiased, 4)
     jax.jit(w.update)(grads, w.init(jnp.zeros(3)))
+
+
+@pytest.mark.slow
+def test_one_thousand_simulated_workers_count_the_arrivals_bits():
+  n, dim, p = 1000, 16, 0.3
+  model = coding.iid(p)
+  tx = bc.coco_ef(bc.top_k(k=2), coding.sgc_cyclic(n, 3), model, axis_name=AXIS)
+  workers = _workers(tx, n)
+  state = workers.init(jnp.zeros(dim))
+  alive = np.asarray(coding.alive_workers(model, state, n))
+  out, state = jax.jit(workers.update)(jax.random.normal(jax.random.key(0), (n, dim)), state)
+  assert np.all(np.isfinite(out))
+  bits = np.asarray(bc.bits_sent(state))
+  np.testing.assert_array_equal(bits, alive * bc.top_k(k=2).payload_bits(dim))
+  assert abs(alive.mean() - (1 - p)) < 4 * np.sqrt(p * (1 - p) / n)

@@ -11,6 +11,9 @@
   optimality gap, accuracy, bits and wall time (`RunResult`).
 * `compare`: every method at its best step size; a table, plots and JSON / CSV records
   (`Comparison`). ``biased-compression compare`` is its command line.
+* `straggler_study`: COCO-EF against its baselines over straggler probabilities,
+  replications and compressors, at equal bits (`StragglerStudy`); ``biased-compression
+  stragglers`` is its command line.
 """
 
 from biased_compression.experiments._compare import DEFAULT_LRS
@@ -18,7 +21,9 @@ from biased_compression.experiments._compare import Comparison
 from biased_compression.experiments._compare import compare
 from biased_compression.experiments._compare import default_methods
 from biased_compression.experiments._config import ALGORITHMS
+from biased_compression.experiments._config import CODES
 from biased_compression.experiments._config import RunConfig
+from biased_compression.experiments._config import make_code
 from biased_compression.experiments._config import make_transformation
 from biased_compression.experiments._data import Dataset
 from biased_compression.experiments._data import bundled
@@ -31,6 +36,12 @@ from biased_compression.experiments._models import cnn_classification
 from biased_compression.experiments._models import mlp_classification
 from biased_compression.experiments._runner import RunResult
 from biased_compression.experiments._runner import run
+from biased_compression.experiments._stragglers import DEFAULT_COMPRESSORS as STRAGGLER_COMPRESSORS
+from biased_compression.experiments._stragglers import DEFAULT_LRS as STRAGGLER_LRS
+from biased_compression.experiments._stragglers import METHODS as STRAGGLER_METHODS
+from biased_compression.experiments._stragglers import StragglerStudy
+from biased_compression.experiments._stragglers import straggler_study
+from biased_compression.experiments._stragglers import unbiased_counterpart
 from biased_compression.experiments._tasks import TASKS
 from biased_compression.experiments._tasks import Task
 from biased_compression.experiments._tasks import linear_regression
@@ -40,12 +51,17 @@ from biased_compression.experiments._tasks import quadratic
 
 __all__ = [
   "ALGORITHMS",
+  "CODES",
   "DEFAULT_LRS",
+  "STRAGGLER_COMPRESSORS",
+  "STRAGGLER_LRS",
+  "STRAGGLER_METHODS",
+  "TASKS",
   "Comparison",
   "Dataset",
   "RunConfig",
   "RunResult",
-  "TASKS",
+  "StragglerStudy",
   "Task",
   "bundled",
   "cnn_classification",
@@ -55,6 +71,7 @@ __all__ = [
   "load_idx",
   "load_libsvm",
   "logistic_regression",
+  "make_code",
   "make_task",
   "make_transformation",
   "mlp_classification",
@@ -62,5 +79,7 @@ __all__ = [
   "quadratic",
   "run",
   "split",
+  "straggler_study",
+  "unbiased_counterpart",
   "worker_split",
 ]

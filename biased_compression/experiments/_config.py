@@ -4,6 +4,9 @@
 compressor (a spec of `biased_compression.parse_compressor`), the step size, the number of
 steps, the batch size and the seed, so a result file says exactly how to reproduce it.
 `make_transformation` turns the algorithm and compressor into the library's Optax chain.
+With a gradient code (``code``, ``stragglers``, ``decoding``) the workers' parts are coded and
+the communicating transformation is wrapped by `biased_compression.coding.coded` (``"ef"``
+becomes `biased_compression.coco_ef`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import optax
 
 import biased_compression as bc
 
-__all__ = ["ALGORITHMS", "RunConfig", "make_transformation"]
+__all__ = ["ALGORITHMS", "CODES", "RunConfig", "make_code", "make_transformation"]
 
 # name -> (what it is, whether the compressor must be contractive)
 ALGORITHMS = {
@@ -30,6 +33,23 @@ ALGORITHMS = {
   "diana": "DIANA: compressed differences to learned shifts, unbiased C",
 }
 AXIS = "workers"
+
+# code spec name -> (constructor, what its parameter is)
+CODES = {
+  "sgc_cyclic": (bc.coding.sgc_cyclic, "d, the replication"),
+  "fractional_repetition": (bc.coding.fractional_repetition, "s, the stragglers tolerated"),
+  "cyclic_repetition": (bc.coding.cyclic_repetition, "s, the stragglers tolerated"),
+}
+
+
+def make_code(spec: str, num_workers: int) -> bc.coding.GradientCode:
+  """The gradient code of a spec ``"NAME:K"`` for n workers: ``"sgc_cyclic:2"`` (replication
+  d = 2), ``"fractional_repetition:1"`` or ``"cyclic_repetition:2"`` (s tolerated)."""
+  name, _, arg = str(spec).partition(":")
+  if name not in CODES or not arg.strip().lstrip("-").isdigit():
+    forms = ", ".join(f"'{k}:K' (K = {v[1]})" for k, v in CODES.items())
+    raise ValueError(f"RunConfig: code must be one of {forms}, got {spec!r}")
+  return CODES[name][0](num_workers, int(arg))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +70,12 @@ class RunConfig:
     algorithm_options: extra keywords of the algorithm (``{"eta": 0.1}`` for EControl,
       ``{"momentum": 0.1}`` for EF21-SGDM) and shared options (``{"method": ...}``).
     label: the name shown in tables and plots (default: from the algorithm and compressor).
+    code: a gradient code spec for `make_code` (``"sgc_cyclic:2"``), or None (uncoded):
+      the task's n shards are the code's parts and each worker's gradient is its coded one.
+    stragglers: with a code, the probability p in [0, 1) that each worker straggles at
+      each step (i.i.d., `biased_compression.coding.iid`).
+    decoding: with a code, ``"sgc"``, ``"exact"`` or ``"mean"`` (see
+      `biased_compression.coding.coded`).
   """
 
   task: str = "logistic"
@@ -63,6 +89,9 @@ class RunConfig:
   batch_size: int | None = None
   algorithm_options: dict = dataclasses.field(default_factory=dict)
   label: str | None = None
+  code: str | None = None
+  stragglers: float = 0.0
+  decoding: str = "sgc"
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
@@ -83,14 +112,28 @@ class RunConfig:
       raise ValueError(f"RunConfig: batch_size must be None or an int >= 1, got {bs!r}")
     if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
       raise ValueError(f"RunConfig: lr must be a finite number > 0, got {self.lr!r}")
+    p = self.stragglers
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 <= p < 1:
+      raise ValueError(f"RunConfig: stragglers must be a probability in [0, 1), got {p!r}")
+    if self.decoding not in bc.coding.DECODINGS:
+      raise ValueError(
+        f"RunConfig: decoding must be one of {bc.coding.DECODINGS}, got {self.decoding!r}"
+      )
+    if self.code is not None:
+      make_code(self.code, self.num_workers)  # a clear error now rather than at the run
+    elif p:
+      raise ValueError(f"RunConfig: stragglers={p!r} needs a code (e.g. code='sgc_cyclic:1')")
 
   @property
   def name(self) -> str:
     if self.label is not None:
       return self.label
+    coded = "" if self.code is None else f" [{self.code}, p={self.stragglers:g}]"
     if self.algorithm == "gd":
-      return "GD"
-    return f"{self.algorithm.upper()} {self.compressor}"
+      return "GD" + coded
+    if self.algorithm == "ef" and self.code is not None:
+      return f"COCO-EF {self.compressor}{coded}"
+    return f"{self.algorithm.upper()} {self.compressor}{coded}"
 
   def replace(self, **changes) -> RunConfig:
     return dataclasses.replace(self, **changes)
@@ -120,7 +163,10 @@ def make_transformation(config: RunConfig, lr: Any = None) -> optax.GradientTran
   ``lr`` overrides ``config.lr`` (it may be traced: the runner maps a step-size grid).
   Error feedback (``"ef"``) follows the step size, as analysed; the others compress the
   gradients and are followed by ``optax.sgd``. ``"gd"`` is `bc.compress` with
-  `bc.identity` (so its bits are counted the same way, 32 per value).
+  `bc.identity` (so its bits are counted the same way, 32 per value). With a ``code`` the
+  communicating transformation is wrapped by `biased_compression.coding.coded` with the
+  straggler model ``coding.iid(stragglers)`` and the ``decoding`` (``"ef"`` is then
+  `biased_compression.coco_ef`, the same thing).
   """
   lr = config.lr if lr is None else lr
   options = dict(config.algorithm_options)
@@ -132,15 +178,24 @@ def make_transformation(config: RunConfig, lr: Any = None) -> optax.GradientTran
   else:
     c = bc.parse_compressor(config.compressor)
   sgd = optax.sgd(lr)
+  if config.code is None:
+    wrap = lambda tx: tx  # noqa: E731
+  else:
+    code = make_code(config.code, config.num_workers)
+    stragglers = bc.coding.iid(config.stragglers)
+
+    def wrap(tx):
+      return bc.coding.coded(tx, code, stragglers, axis_name=AXIS, decoding=config.decoding)
+
   if algorithm in ("gd", "dcgd"):
-    return optax.chain(bc.compress(c, **options), sgd)
+    return optax.chain(wrap(bc.compress(c, **options)), sgd)
   if algorithm == "ef":
-    return optax.chain(sgd, bc.error_feedback(c, **options))
+    return optax.chain(sgd, wrap(bc.error_feedback(c, **options)))
   if algorithm == "ef21":
-    return optax.chain(bc.ef21(c, **options), sgd)
+    return optax.chain(wrap(bc.ef21(c, **options)), sgd)
   if algorithm == "ef21_sgdm":
-    return optax.chain(bc.ef21_sgdm(c, **options), sgd)
+    return optax.chain(wrap(bc.ef21_sgdm(c, **options)), sgd)
   if algorithm == "econtrol":
     eta = options.pop("eta", 0.1)
-    return optax.chain(bc.econtrol(c, eta, **options), sgd)
-  return optax.chain(bc.diana(c, **options), sgd)
+    return optax.chain(wrap(bc.econtrol(c, eta, **options)), sgd)
+  return optax.chain(wrap(bc.diana(c, **options)), sgd)

@@ -12,6 +12,8 @@ between chunks. It records, at every iterate x_0 .. x_T:
 * ``accuracy`` (training data), ``test_loss`` and ``test_accuracy`` where the task has them;
 * ``bits``: what all the workers sent to reach x_t (`biased_compression.bit_words` read in
   the scan; ``bits[T]`` equals the sum over the workers of `bits_sent` of the final state);
+* ``alive``: with a gradient code, how many workers arrived at step t (``alive[t]``, the step
+  to x_t; ``alive[0]`` is NaN);
 * ``time``: wall-clock seconds from the start of the first chunk (compilation excluded),
   measured at the end of each chunk and spread evenly over its steps.
 
@@ -118,6 +120,7 @@ def _program(task: _tasks.Task, config: _config.RunConfig, backend: str, mesh, c
   """
   n = task.num_workers
   total = config.steps
+  code = None if config.code is None else _config.make_code(config.code, n)
 
   def workers_for(lr):
     return _workers(_config.make_transformation(config, lr), n, backend, mesh)
@@ -143,9 +146,15 @@ def _program(task: _tasks.Task, config: _config.RunConfig, backend: str, mesh, c
         batch = _sample(train, sub, config.batch_size)
         metrics = _metrics(task, params, data)
         grads = jax.vmap(jax.grad(task.loss), in_axes=(None, 0))(params, batch)
+      if code is not None:  # the shards are the code's parts: each worker's coded gradient
+        grads = bc.coding.encode_all(code, grads)
+      before = state
       updates, state = workers.update(grads, state, params)
       params = optax.apply_updates(params, updates)
       metrics["bits"] = bc.bit_words(state)  # the total after this step, per worker
+      if code is not None:  # an arrival sent bits, a straggler nothing
+        sent = jnp.any(metrics["bits"] != bc.bit_words(before), axis=-1)
+        metrics["alive"] = jnp.sum(sent.reshape(n, -1).any(axis=-1).astype(jnp.float32))
       # the last chunk may run past the end: those steps leave the carry as it was
       new = jax.tree.map(lambda a, b: jnp.where(t < total, a, b), (params, state, key), old)
       return new, metrics
@@ -254,7 +263,7 @@ def run(
 
 def _assemble(task, chunks, times, last, pick, steps) -> dict[str, np.ndarray]:
   """Curves at x_0 .. x_T from the chunks' per-step metrics (at x_0 .. x_{T-1}) and x_T."""
-  names = [k for k in chunks[0] if k != "bits"]
+  names = [k for k in chunks[0] if k not in ("bits", "alive")]
   curves = {"step": np.arange(steps + 1)}
   for name in names:
     values = np.concatenate([np.asarray(pick(c[name])) for c in chunks])[:steps]
@@ -263,6 +272,9 @@ def _assemble(task, chunks, times, last, pick, steps) -> dict[str, np.ndarray]:
   per_worker = bc.words_to_bits(words)  # (steps, n): each worker's total after each step
   totals = np.asarray(per_worker, np.int64).reshape(steps, -1).sum(axis=1)
   curves["bits"] = np.concatenate([[0], totals]).astype(np.int64)
+  if "alive" in chunks[0]:  # arrivals of step t at index t (none before x_0)
+    alive = np.concatenate([np.asarray(pick(c["alive"])) for c in chunks])[:steps]
+    curves["alive"] = np.concatenate([[np.nan], alive.astype(np.float64)])
   if task.f_star is not None:
     curves["gap"] = curves["loss"] - task.f_star
   seconds = np.concatenate(times)[:steps]
