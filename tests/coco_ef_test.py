@@ -352,6 +352,8 @@ def test_errors_at_the_update():
   chained = coding.coded(
     optax.chain(bc.compress(bc.top_k(k=1), axis_name=AXIS)), code, coding.iid(0.1), axis_name=AXIS
   )
+  with pytest.raises(TypeError, match="holds no state with an rng_key"):
+    coding.alive_workers(coding.iid(0.1), (optax.EmptyState(),), 4)
   with pytest.raises(TypeError, match="no rng_key"):
     w = _workers(chained, 4)
     jax.jit(w.update)(grads, w.init(jnp.zeros(3)))

@@ -162,17 +162,49 @@ def _check_stragglers(fn: str, stragglers, n: int) -> None:
     )
 
 
+def _coded_state(state: Any) -> Any:
+  """The first state with an ``rng_key`` in ``state`` (itself, or inside a chain's tuple)."""
+  if hasattr(state, "rng_key"):
+    return state
+  if isinstance(state, (tuple, list)):
+    for part in state:
+      found = _coded_state(part)
+      if found is not None:
+        return found
+  return None
+
+
 def alive_workers(stragglers: _stragglers.Stragglers, state: Any, num_workers: int) -> jax.Array:
   """The non-stragglers that `coded` / `coco_ef` draw at the step of ``state``.
 
-  ``state`` is the wrapped transformation's state of one worker (or of all, with a leading
-  worker axis: every worker holds the same ``rng_key``, and the first one's is used). Use it
-  to log the straggler sets of a run, or to check a step by hand.
+  ``state`` is the state before the step: the wrapped transformation's, or a chain's that
+  contains it (the first state with an ``rng_key`` is used), of one worker or of all (with a
+  leading worker axis; every worker holds the same key). Use it to log the straggler sets of
+  a run, or to check a step by hand.
 
   Returns:
     A bool array of shape (num_workers,), True for the workers that arrive.
+
+  Raises:
+    TypeError: no state with an ``rng_key`` in ``state``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax, biased_compression as bc
+    >>> from biased_compression import coding
+    >>> model = coding.fixed([1], 3)
+    >>> tx = optax.chain(optax.sgd(0.1), bc.coco_ef(bc.top_k(k=1), coding.sgc_cyclic(3, 1),
+    ...                                            model, axis_name="w"))
+    >>> state = bc.simulate(tx, 3, axis_name="w").init(jnp.zeros(2))
+    >>> coding.alive_workers(model, state, 3)
+    Array([ True, False,  True], dtype=bool)
   """
-  key = jnp.asarray(state.rng_key)
+  found = _coded_state(state)
+  if found is None:
+    raise TypeError(
+      "alive_workers: state holds no state with an rng_key (give the state of coded / "
+      f"coco_ef, or of a chain that contains it), got {type(state).__name__}"
+    )
+  key = jnp.asarray(found.rng_key)
   if key.ndim > 1:
     key = key[0]
   return stragglers.alive(jax.random.fold_in(key, _STRAGGLER_TAG), num_workers)

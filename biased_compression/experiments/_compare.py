@@ -181,17 +181,18 @@ class Comparison:
     One colour per compressor; solid lines for error feedback (EF, EF21, ...), dashed for
     compressed gradients without it (DCGD, DSignSGD), dotted for DIANA; GD in black.
     """
+    # the object-oriented API: no pyplot, so a notebook's backend is left as it is
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     key = "gap" if self.f_star is not None else "loss"
-    fig, (ax_bits, ax_steps) = plt.subplots(1, 2, figsize=(12, 5.5))
+    fig = Figure(figsize=(12, 5.5))
+    ax_bits, ax_steps = fig.subplots(1, 2)
     # one colour per compressor, one line style per kind of algorithm
     specs = list(dict.fromkeys(r.config.compressor for r in self.best if r.config.compressor))
-    colours = plt.get_cmap("tab10" if len(specs) <= 10 else "tab20")
+    colours = matplotlib.colormaps["tab10" if len(specs) <= 10 else "tab20"]
     styles = {"dcgd": "--", "diana": ":", "gd": "-"}
     for r in self.best:
       c = r.curves
@@ -220,7 +221,6 @@ class Comparison:
     for ext in ("png", "pdf"):
       out[ext] = folder / f"loss.{ext}"
       fig.savefig(out[ext], dpi=130)
-    plt.close(fig)
     return out
 
 
