@@ -49,7 +49,7 @@ METHODS = {
   "gc_exact": "exact GC, uncompressed",
 }
 DEFAULT_COMPRESSORS = ("top_k(ratio=0.05)", "grouped_sign(group_size=32)")
-DEFAULT_LRS = (0.1, 0.3, 1.0)
+DEFAULT_LRS = (0.03, 0.1, 0.3, 1.0)
 # heterogeneous parts (each its own true model around a common one), as error feedback is
 # studied: with identical parts biased compression needs no error feedback
 DEFAULT_LINEAR = {"dim": 100, "heterogeneity": 1.0}
@@ -234,26 +234,28 @@ class StragglerStudy:
 
   def plot(self, folder: str | pathlib.Path) -> dict[str, pathlib.Path]:
     """A grid of panels (rows p, columns d) per compressor: loss or f - f* against bits
-    per worker, and against steps."""
+    per worker, and against steps. f - f* is drawn from float32's resolution at f* up
+    (below it the gap is rounding). Uses matplotlib's ``Figure`` directly, so the pyplot
+    backend (a notebook's inline one) is not touched."""
+    # the object-oriented API: no pyplot, so a notebook's backend is left as it is
     import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     folder = pathlib.Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     key = "gap" if self.f_star is not None else "loss"
+    # f - f* below float32's resolution at f* is rounding (it may print negative)
+    floor = max(1e-12, 2.0**-23 * abs(self.f_star or 0.0))
     ps = sorted({s.p for s in self.settings})
     ds = sorted({s.d for s in self.settings})
-    colours = dict(zip(METHODS, plt.get_cmap("tab10").colors, strict=False))
+    colours = dict(zip(METHODS, matplotlib.colormaps["tab10"].colors, strict=False))
     out = {}
     for spec in dict.fromkeys(s.compressor for s in self.settings):
       slug = "".join(ch if ch.isalnum() else "_" for ch in spec).strip("_")
       for axis in ("bits", "steps"):
         width, height = max(8.0, 4.0 * len(ds)), 3.2 * len(ps) + 2.0
-        fig, axes = plt.subplots(
-          len(ps), len(ds), figsize=(width, height), squeeze=False, sharey=True
-        )
+        fig = Figure(figsize=(width, height))
+        axes = fig.subplots(len(ps), len(ds), squeeze=False, sharey=True)
         for s in self.settings:
           if s.compressor != spec:
             continue
@@ -261,7 +263,7 @@ class StragglerStudy:
           for r, method in zip(s.comparison.best, s.methods, strict=True):
             c = r.curves
             y = np.asarray(c[key], np.float64)
-            y = np.maximum(y, 1e-12) if key == "gap" else y
+            y = np.maximum(y, floor) if key == "gap" else y
             if axis == "bits":
               x = np.maximum(np.asarray(c["bits"], np.float64) / self.num_workers, 1.0)
             else:
@@ -284,7 +286,6 @@ class StragglerStudy:
           path = folder / f"loss_vs_{axis}_{slug}.{ext}"
           fig.savefig(path, dpi=120)
           out[f"{axis}_{slug}_{ext}"] = path
-        plt.close(fig)
     return out
 
 
@@ -299,6 +300,7 @@ def straggler_study(
   methods: Sequence[str] = tuple(METHODS),
   steps: int = 300,
   lrs: Sequence[float] = DEFAULT_LRS,
+  batch_size: int | None = None,
   seed: int = 0,
   show_progress: bool = True,
 ) -> StragglerStudy:
@@ -316,7 +318,8 @@ def straggler_study(
     methods: a subset of `METHODS`.
     steps: T.
     lrs: the step sizes tried for every method.
-    seed: the seed of the runs (stragglers, compressors).
+    batch_size: samples per part per step (stochastic gradients), or None for full ones.
+    seed: the seed of the runs (stragglers, compressors, mini-batches).
     show_progress: progress bars (on a terminal).
 
   Returns:
@@ -341,7 +344,12 @@ def straggler_study(
   built = _tasks.make_task(task, num_workers, **options)
   size = max(int(np.prod(np.shape(x))) for x in jax.tree.leaves(built.params))
   base = _config.RunConfig(
-    task=task, task_options=options, num_workers=num_workers, steps=steps, seed=seed
+    task=task,
+    task_options=options,
+    num_workers=num_workers,
+    steps=steps,
+    seed=seed,
+    batch_size=batch_size,
   )
   cache: dict[tuple, _runner.RunResult] = {}
   grids: dict[tuple, list[_runner.RunResult]] = {}
