@@ -231,3 +231,24 @@ def test_masked_sgc_weights():
 def test_errors(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+@pytest.mark.parametrize(
+  "code",
+  [coding.sgc_cyclic(40, 3), coding.cyclic_repetition(20, 2), coding.fractional_repetition(24, 1)],
+  ids=lambda c: c.name,
+)
+def test_sparse_encoding_gathers_the_held_parts_like_the_dense_product(code):
+  from biased_compression.coding import _codes
+
+  assert not _codes._dense(code)  # these take the gather path
+  g = {
+    "w": jax.random.normal(jax.random.key(1), (code.num_parts, 3, 2)),
+    "b": jnp.arange(code.num_parts, dtype=jnp.float32),
+  }
+  want = jax.tree.map(lambda x: np.einsum("ij,j...->i...", code.B, np.asarray(x, np.float64)), g)
+  got = jax.jit(lambda g: coding.encode_all(code, g))(g)
+  one = jax.jit(jax.vmap(lambda i: coding.encode(code, g, i)))(jnp.arange(code.num_workers))
+  for out in (got, one):
+    for k in g:
+      np.testing.assert_allclose(out[k], want[k], rtol=1e-5, atol=1e-5)

@@ -204,10 +204,14 @@ def alive_workers(stragglers: _stragglers.Stragglers, state: Any, num_workers: i
       "alive_workers: state holds no state with an rng_key (give the state of coded / "
       f"coco_ef, or of a chain that contains it), got {type(state).__name__}"
     )
-  key = jnp.asarray(found.rng_key)
+  return stragglers.alive(_straggler_key(found), num_workers)
+
+
+def _straggler_key(state: Any) -> jax.Array:
+  key = jnp.asarray(state.rng_key)
   if key.ndim > 1:
     key = key[0]
-  return stragglers.alive(jax.random.fold_in(key, _STRAGGLER_TAG), num_workers)
+  return jax.random.fold_in(key, _STRAGGLER_TAG)
 
 
 def coded(
@@ -309,13 +313,21 @@ def coded(
         f"bc.error_feedback, bc.diana, ...), not a chain"
       )
     index = jax.lax.axis_index(axis_name)
+    if participating is None and stragglers is None:
+      raise ValueError(
+        f"{fn}: no straggler model: pass participating= (this worker arrived) to update, or"
+        " build it with stragglers=coding.iid(p) / coding.fixed(...)"
+      )
+    if decoder.decoding == "sgc":
+      # the weight depends on this worker alone: no need for the others' draws
+      if participating is None:
+        mine = stragglers.alive_one(_straggler_key(state), index, n)
+      else:
+        mine = jnp.asarray(participating, jnp.bool_)
+      w = jnp.asarray(_codes.sgc_weights(code, decoder.p) / code.num_parts, jnp.float32)[index]
+      return tx.update(updates, state, params, participating=mine, weights=w, **extra)
     if participating is None:
-      if stragglers is None:
-        raise ValueError(
-          f"{fn}: no straggler model: pass participating= (this worker arrived) to update, or"
-          " build it with stragglers=coding.iid(p) / coding.fixed(...)"
-        )
-      alive = alive_workers(stragglers, state, n)
+      alive = stragglers.alive(_straggler_key(state), n)
     else:
       alive = jax.lax.all_gather(jnp.asarray(participating, jnp.bool_), axis_name)
     w = decoder.weights(alive)

@@ -74,6 +74,16 @@ class GradientCode:
       raise ValueError("B must be finite")
     b.setflags(write=False)
     object.__setattr__(self, "B", b)
+    # the rows as (part, coefficient) lists padded to the longest: encoding gathers the parts
+    # a worker holds instead of multiplying by the whole (mostly zero) B
+    width = max(1, int((b != 0).sum(axis=1).max(initial=0)))
+    parts = np.zeros((self.num_workers, width), np.int32)
+    coefs = np.zeros((self.num_workers, width))
+    for i, row in enumerate(b):
+      (held,) = np.nonzero(row)
+      parts[i, : held.size], coefs[i, : held.size] = held, row[held]
+    object.__setattr__(self, "_parts", parts)
+    object.__setattr__(self, "_coefs", coefs)
 
   def parts_of(self, worker: int) -> tuple[int, ...]:
     """The parts worker ``worker`` holds: the columns where its row of ``B`` is nonzero."""
@@ -249,12 +259,18 @@ def encode(code: GradientCode, part_grads: Any, worker: Any) -> Any:
     Array([ 11., 110., 101.], dtype=float32)
   """
   _check_parts(code, part_grads)
-  row = jnp.asarray(code.B)[worker]
-  return jax.tree.map(lambda g: jnp.tensordot(row.astype(g.dtype), g, axes=1), part_grads)
+  if _dense(code):
+    row = jnp.asarray(code.B)[worker]
+    return jax.tree.map(lambda g: jnp.tensordot(row.astype(g.dtype), g, axes=1), part_grads)
+  parts, coefs = jnp.asarray(code._parts)[worker], jnp.asarray(code._coefs)[worker]
+  return jax.tree.map(lambda g: jnp.tensordot(coefs.astype(g.dtype), g[parts], axes=1), part_grads)
 
 
 def encode_all(code: GradientCode, part_grads: Any) -> Any:
   """What every worker sends, ``B g``: each leaf gets a leading worker axis of size n.
+
+  A sparse B (each worker holding under a quarter of the parts) is applied by gathering the
+  parts each worker holds (n x d part gradients read) instead of a dense n x m product.
 
   Example:
     >>> import jax.numpy as jnp
@@ -264,8 +280,21 @@ def encode_all(code: GradientCode, part_grads: Any) -> Any:
            [2., 2., 2.]], dtype=float32)
   """
   _check_parts(code, part_grads)
-  b = jnp.asarray(code.B)
-  return jax.tree.map(lambda g: jnp.tensordot(b.astype(g.dtype), g, axes=1), part_grads)
+  if _dense(code):
+    b = jnp.asarray(code.B)
+    return jax.tree.map(lambda g: jnp.tensordot(b.astype(g.dtype), g, axes=1), part_grads)
+  parts, coefs = jnp.asarray(code._parts), jnp.asarray(code._coefs)
+
+  def gather(g):
+    # sum_r coefs[i, r] g[parts[i, r]]: n x (parts held) x ..., then summed over the parts
+    return jnp.einsum("ir,ir...->i...", coefs.astype(g.dtype), g[parts])
+
+  return jax.tree.map(gather, part_grads)
+
+
+def _dense(code: GradientCode) -> bool:
+  """Whether B is dense enough that a matrix product beats gathering the held parts."""
+  return 4 * code._parts.shape[1] >= code.num_parts
 
 
 def combine(weights: Any, messages: Any) -> Any:

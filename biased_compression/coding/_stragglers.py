@@ -59,12 +59,22 @@ class Stragglers:
     return out
 
   def alive(self, key: jax.Array, n: int) -> jax.Array:
-    """The non-stragglers of one step: a bool array of n, a pure function of ``key``."""
+    """The non-stragglers of one step: a bool array of n, a pure function of ``key``.
+
+    Entry i is `alive_one` ``(key, i, n)``: worker i's draw uses only ``fold_in(key, i)``,
+    so a worker can find its own entry without drawing the others' (n simulated workers
+    then draw n numbers per step, not n^2).
+    """
     self._check_n(n)
+    return jax.vmap(lambda i: self.alive_one(key, i, n))(jnp.arange(n))
+
+  def alive_one(self, key: jax.Array, worker: jax.Array | int, n: int) -> jax.Array:
+    """Whether worker ``worker`` (an int or a traced index) arrives at the step of ``key``."""
+    self._check_n(n)
+    p = jnp.asarray(self.straggling_probabilities(n), jnp.float32)[worker]
     if self.kind == "iid":
-      p = jnp.asarray(self.straggling_probabilities(n), jnp.float32)
-      return jax.random.uniform(key, (n,)) >= p
-    return jnp.asarray(self.straggling_probabilities(n) == 0.0)
+      return jax.random.uniform(jax.random.fold_in(key, worker), ()) >= p
+    return p == 0.0
 
 
 def iid(p: float | Sequence[float]) -> Stragglers:
