@@ -15,6 +15,8 @@ Subcommands:
   times the Top-k selection methods (and ``torch.topk`` when PyTorch is importable).
 * ``bench runner [--workers 10,100,1000] [--dim 100] [--steps 200] [--json PATH]``: the
   experiments runner against the bare compiled step and per-worker Python loops.
+* ``bench coco [--workers 100,1000] [--dim 100] [--p 0.3] [--d 2] [--compressor top_k:0.05]
+  ... [--json PATH]``: one COCO-EF step of the library against per-worker Python loops.
 * ``bench collectives [--dim 2^20] [--workers 2,4,...] [--model-params 1e8] ... [--json PATH]``:
   bytes and time of the compressed all-reduce, and a modelled step on a slow network.
 
@@ -316,6 +318,48 @@ def _cmd_bench_runner(args: argparse.Namespace, argv: Sequence[str]) -> int:
   return 0
 
 
+def _cmd_bench_coco(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  from biased_compression.bench import _coco
+
+  if args.d > min(args.workers):
+    args.parser.error(f"--d {args.d}: the replication must be <= every worker count")
+  try:
+    compressor = _coco.parse_coco_compressor(args.compressor, args.dim)
+  except ValueError as e:
+    args.parser.error(f"--compressor: {e}")
+  if not _coco.loops_support(compressor):
+    print(
+      f"note: the loops implement an exact Top-k only: {compressor.name} is timed in the "
+      "library alone",
+      file=sys.stderr,
+    )
+  rows = _coco.bench_coco(
+    args.workers,
+    dim=args.dim,
+    p=args.p,
+    d=args.d,
+    compressor=compressor,
+    steps=args.steps,
+    repeats=args.repeats,
+    seed=args.seed,
+  )
+  print(_coco.coco_tables(rows))
+  if args.json is not None:
+    _timing.write_record(args.json, rows, argv)
+    print(f"wrote {args.json}")
+  return 0
+
+
+def _straggling_probability(text: str) -> float:
+  try:
+    value = float(text)
+  except ValueError:
+    value = math.nan
+  if not 0.0 <= value < 1.0:
+    raise argparse.ArgumentTypeError(f"expected a probability in [0, 1), got {text!r}")
+  return value
+
+
 def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int:
   if jax.default_backend() == "cpu" and jax.device_count() < args.devices:
     args.parser.error(
@@ -473,6 +517,92 @@ def _cmd_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
   return 0
 
 
+# -- stragglers -------------------------------------------------------------------------------
+
+_STRAGGLERS_EXAMPLE = """\
+examples:
+  biased-compression stragglers                      # linear regression, 100 workers
+  biased-compression stragglers --task mlp --steps 200
+  biased-compression stragglers --workers 10 --ps 0.3 --ds 2 --steps 50 --out quick/
+  biased-compression stragglers --compressors 'top_k(0.01);grouped_sign(16)'
+"""
+
+
+def _probabilities(text: str) -> tuple[float, ...]:
+  try:
+    values = tuple(float(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+  if not values or any(not 0 <= v < 1 for v in values):
+    raise argparse.ArgumentTypeError(f"expected probabilities in [0, 1), got {text!r}")
+  return values
+
+
+def _replications(text: str) -> tuple[int, ...]:
+  try:
+    values = tuple(int(v) for v in text.split(","))
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
+  if not values or any(v < 1 for v in values):
+    raise argparse.ArgumentTypeError(f"expected replications >= 1, got {text!r}")
+  return values
+
+
+def _compressor_specs(text: str) -> tuple[str, ...]:
+  specs = tuple(p.strip() for p in text.split(";") if p.strip())
+  if not specs:
+    raise argparse.ArgumentTypeError("expected compressor specs separated by ';'")
+  for spec in specs:
+    try:
+      _registry.parse_compressor(spec)
+    except ValueError as e:
+      raise argparse.ArgumentTypeError(str(e)) from None
+  return specs
+
+
+def _straggler_methods(text: str) -> tuple[str, ...]:
+  names = tuple(p.strip() for p in text.split(",") if p.strip())
+  known = tuple(experiments.STRAGGLER_METHODS)
+  bad = [n for n in names if n not in known]
+  if not names or bad:
+    raise argparse.ArgumentTypeError(f"methods must be among {', '.join(known)}, got {text!r}")
+  return names
+
+
+def _cmd_stragglers(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  del argv
+  if max(args.ds) > args.workers:
+    args.parser.error(f"--ds: every d must be <= --workers {args.workers}, got {max(args.ds)}")
+  options: dict[str, Any] = {}
+  if args.task == "linear_regression":
+    options = {"dim": args.dim, "heterogeneity": args.heterogeneity}
+  elif args.dataset is not None:
+    options = {"dataset": args.dataset}
+  try:
+    study = experiments.straggler_study(
+      task=args.task,
+      task_options=options,
+      num_workers=args.workers,
+      ps=args.ps,
+      ds=args.ds,
+      compressors=args.compressors,
+      methods=args.methods,
+      steps=args.steps,
+      lrs=args.lrs,
+      batch_size=args.batch_size,
+      seed=args.seed,
+    )
+  except (OSError, ValueError, ImportError) as e:
+    args.parser.error(str(e))
+  print(study.table())
+  print("lowest loss at equal bits:")
+  for w in study.winners():
+    print(f"  p = {w['p']:g}, d = {w['d']}, {w['compressor']}: {w['best']}")
+  paths = study.write(args.out, plot=not args.no_plot)
+  print(f"wrote {', '.join(str(p) for p in paths.values())}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser of ``biased-compression``."""
   # Option help strings are %-formatted by argparse (a literal percent sign is written %%);
@@ -556,6 +686,79 @@ def build_parser() -> argparse.ArgumentParser:
   )
   cmp.add_argument("--no-plot", action="store_true", help="no plot (no matplotlib needed)")
   cmp.set_defaults(func=_cmd_compare, parser=cmp)
+
+  st = commands.add_parser(
+    "stragglers",
+    help="gradient coding with stragglers: COCO-EF against its baselines at equal bits",
+    description="Trains a task with n workers whose shards are the parts of a gradient code, "
+    "for every straggler probability (--ps), replication (--ds) and biased compressor "
+    "(--compressors): COCO-EF, COCO-EF without error feedback, coded unbiased rand-k and "
+    "DIANA at no more bits, uncoded error feedback and exact uncompressed gradient coding, "
+    "each at its best step size from --lrs. Prints the table at equal bits and writes "
+    "results.json, table.txt and the figures (loss against bits and steps) to --out.",
+    epilog=_STRAGGLERS_EXAMPLE,
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  st.add_argument(
+    "--task",
+    choices=("linear_regression", "mlp", "logistic"),
+    default="linear_regression",
+    help="synthetic linear regression (f* known), an MLP on digits, or logistic regression "
+    "(default: linear_regression)",
+  )
+  st.add_argument("--dataset", default=None, help="the data set of mlp / logistic")
+  st.add_argument(
+    "--dim", type=_positive_int, default=100, help="linear regression: d (default: 100)"
+  )
+  st.add_argument(
+    "--heterogeneity",
+    type=float,
+    default=1.0,
+    help="linear regression: spread of the parts' own models (default: 1.0)",
+  )
+  st.add_argument("--workers", type=_positive_int, default=100, help="n (default: 100)")
+  st.add_argument(
+    "--ps",
+    type=_probabilities,
+    default=(0.1, 0.3, 0.5),
+    help="straggling probabilities (default: 0.1,0.3,0.5)",
+  )
+  st.add_argument(
+    "--ds", type=_replications, default=(1, 2, 3), help="replications d (default: 1,2,3)"
+  )
+  st.add_argument(
+    "--compressors",
+    type=_compressor_specs,
+    default=("top_k:0.05", "grouped_sign:32"),
+    help="biased compressors, ';'-separated (default: top_k:0.05;grouped_sign:32)",
+  )
+  st.add_argument(
+    "--methods",
+    type=_straggler_methods,
+    default=tuple(experiments.STRAGGLER_METHODS),
+    help="a comma-separated subset of the methods (default: "
+    + ",".join(experiments.STRAGGLER_METHODS)
+    + ")",
+  )
+  st.add_argument("--steps", type=_positive_int, default=300, help="steps (default: 300)")
+  st.add_argument(
+    "--lrs",
+    type=_positive_floats,
+    default=experiments.STRAGGLER_LRS,
+    help="step sizes tried for every method (default: 0.03,0.1,0.3,1)",
+  )
+  st.add_argument(
+    "--batch-size",
+    type=_positive_int,
+    default=None,
+    help="samples per part per step (stochastic gradients; default: full gradients)",
+  )
+  st.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+  st.add_argument(
+    "--out", default="stragglers-results", help="output folder (default: stragglers-results)"
+  )
+  st.add_argument("--no-plot", action="store_true", help="no figures")
+  st.set_defaults(func=_cmd_stragglers, parser=st)
 
   comp = commands.add_parser(
     "compressors",
@@ -650,6 +853,58 @@ def build_parser() -> argparse.ArgumentParser:
   br.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
   br.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
   br.set_defaults(func=_cmd_bench_runner, parser=br)
+
+  bo = bench_commands.add_parser(
+    "coco",
+    help="one COCO-EF step of n simulated workers against a per-worker Python loop",
+    description="Linear regression (synthetic, --dim features, 50 samples per worker, the n "
+    "shards as the parts) with COCO-EF (the code sgc_cyclic(n, d), i.i.d. stragglers with "
+    "probability p, error feedback): ms per step of the library (a jitted scan of --steps "
+    "steps of part gradients, encode_all, the simulated workers' update and the SGD step; "
+    "compilation excluded), of the same with the straggler mask passed in, and of a Python "
+    "loop over the workers (PyTorch autograd when importable, one thread; NumPy with "
+    "hand-written gradients), and the speed-ups. The loops implement Top-k only.",
+  )
+  bo.add_argument(
+    "--workers",
+    type=_workers_list,
+    default=(100, 1000),
+    metavar="N,N,...",
+    help="worker counts n, each also the number of parts (default: 100,1000)",
+  )
+  bo.add_argument("--dim", type=_positive_int, default=100, help="features D (default: 100)")
+  bo.add_argument(
+    "--p",
+    type=_straggling_probability,
+    default=0.3,
+    help="straggling probability, i.i.d. per worker and step (default: 0.3)",
+  )
+  bo.add_argument(
+    "--d", type=_positive_int, default=2, help="replication of sgc_cyclic(n, d) (default: 2)"
+  )
+  bo.add_argument(
+    "--compressor",
+    default="top_k:0.05",
+    metavar="SPEC",
+    help="the compressor, as bc.parse_compressor reads it; the loops run for an exact Top-k "
+    "only, another compressor is timed in the library alone (default: top_k:0.05)",
+  )
+  bo.add_argument(
+    "--steps",
+    type=_positive_int,
+    default=200,
+    help="steps of the library's scan; the loops run min(steps, 50000 / n) steps per repeat "
+    "(default: 200)",
+  )
+  bo.add_argument(
+    "--repeats",
+    type=_positive_int,
+    default=3,
+    help="timed runs after a warm-up; the min is kept (default: 3)",
+  )
+  bo.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
+  bo.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
+  bo.set_defaults(func=_cmd_bench_coco, parser=bo)
 
   bl = bench_commands.add_parser(
     "collectives",

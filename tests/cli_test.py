@@ -266,6 +266,11 @@ def test_bench_collectives_says_the_compression_cost_is_extrapolated(
     (["bench", "compressors", "--only", "sign,nope"], "unknown compressor(s) nope"),
     (["compressors", "--draws", "0"], "positive integer"),
     (["compressors", "--dim", "abc"], "expected a positive size"),
+    (["stragglers", "--ps", "0.3,1"], "expected probabilities in [0, 1)"),
+    (["stragglers", "--ds", "0"], "expected replications >= 1"),
+    (["stragglers", "--workers", "4", "--ds", "5"], "every d must be <= --workers 4"),
+    (["stragglers", "--compressors", "top_k:0.1;nope"], "nope"),
+    (["stragglers", "--methods", "coco_ef,magic"], "methods must be among"),
   ],
 )
 def test_usage_errors_exit_with_status_2(argv, message, capsys):
@@ -317,6 +322,12 @@ def test_help_of_every_subcommand_prints_cleanly(capsys):
       "(default: 0.003,0.01,0.03,0.1,0.3,1,3)",
     ],
     ("bench", "compressors"): ["(default: 2^16,2^18,2^20,2^22,2^24)", "plain counts below 64"],
+    ("bench", "coco"): ["(default: 100,1000)", "(default: top_k:0.05)", "Top-k only"],
+    ("stragglers",): [
+      "biased-compression stragglers --workers 10 --ps 0.3 --ds 2",
+      "(default: 0.03,0.1,0.3,1)",
+      "(default: 100)",
+    ],
     ("bench", "topk"): ["(default: 2^24)", "(default: exact_sort,radix,approx)"],
     ("bench", "collectives"): [
       "(scaled sign, Top-k 1%, natural dithering)",
@@ -468,3 +479,17 @@ def test_console_script():
   assert proc.stdout.startswith("d = 256;")
   _assert_no_progress_bar(proc.stderr)  # stderr is a pipe, not a terminal
   assert set(_rows(proc.stdout)) == set(_registry.standard_compressors())
+
+
+@pytest.mark.slow  # two compiled runs
+def test_stragglers_command_writes_its_table_and_files(tmp_path, capsys):
+  out = tmp_path / "st"
+  argv = ["stragglers", "--workers", "4", "--dim", "5", "--ps", "0.5", "--ds", "2", "--steps"]
+  argv += ["4", "--lrs", "0.1", "--methods", "coco_ef,gc_exact", "--compressors", "top_k:0.4"]
+  assert cli.main([*argv, "--out", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "COCO-EF" in printed and "exact GC, uncompressed" in printed
+  assert "lowest loss at equal bits:" in printed
+  data = json.loads((out / "results.json").read_text())
+  assert [row["method"] for row in data["table"]] == ["coco_ef", "gc_exact"]
+  assert (out / "loss_vs_bits_top_k_ratio_0_4.png").exists()
