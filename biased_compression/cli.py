@@ -398,24 +398,23 @@ def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int
   return 0
 
 
-def _floats(text: str) -> tuple[float, ...]:
+def _comma_list(text: str, convert, ok, kind: str, expected: str) -> tuple:
+  """``text`` as comma-separated values of ``convert``, each satisfying ``ok``."""
   try:
-    values = tuple(float(v) for v in text.split(","))
+    values = tuple(convert(v) for v in text.split(","))
   except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-  if not values or any(not v > 0 for v in values):
-    raise argparse.ArgumentTypeError(f"expected positive numbers, got {text!r}")
+    raise argparse.ArgumentTypeError(f"expected comma-separated {kind}, got {text!r}") from None
+  if not values or not all(ok(v) for v in values):
+    raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
   return values
+
+
+def _floats(text: str) -> tuple[float, ...]:
+  return _comma_list(text, float, lambda v: v > 0, "numbers", "positive numbers")
 
 
 def _ints(text: str) -> tuple[int, ...]:
-  try:
-    values = tuple(int(v) for v in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-  if not values or any(v < 2 for v in values):
-    raise argparse.ArgumentTypeError(f"expected worker counts >= 2, got {text!r}")
-  return values
+  return _comma_list(text, int, lambda v: v >= 2, "ints", "worker counts >= 2")
 
 
 # -- parser ---------------------------------------------------------------------------------
@@ -529,23 +528,11 @@ examples:
 
 
 def _probabilities(text: str) -> tuple[float, ...]:
-  try:
-    values = tuple(float(v) for v in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-  if not values or any(not 0 <= v < 1 for v in values):
-    raise argparse.ArgumentTypeError(f"expected probabilities in [0, 1), got {text!r}")
-  return values
+  return _comma_list(text, float, lambda v: 0 <= v < 1, "numbers", "probabilities in [0, 1)")
 
 
 def _replications(text: str) -> tuple[int, ...]:
-  try:
-    values = tuple(int(v) for v in text.split(","))
-  except ValueError:
-    raise argparse.ArgumentTypeError(f"expected comma-separated ints, got {text!r}") from None
-  if not values or any(v < 1 for v in values):
-    raise argparse.ArgumentTypeError(f"expected replications >= 1, got {text!r}")
-  return values
+  return _comma_list(text, int, lambda v: v >= 1, "ints", "replications >= 1")
 
 
 def _compressor_specs(text: str) -> tuple[str, ...]:

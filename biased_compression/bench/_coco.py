@@ -39,6 +39,7 @@ import optax
 import biased_compression as bc
 from biased_compression import coding
 from biased_compression import experiments
+from biased_compression.bench import _timing
 from biased_compression.compressors import _base
 from biased_compression.compressors import _sparsification
 
@@ -127,13 +128,7 @@ def _time_library(task, code, compressor, p, lr, steps, repeats, mask_given, see
 
   args = (task.params, workers.init(task.params), jax.random.key(seed))
   fn = jax.jit(train).lower(*args).compile()
-  jax.block_until_ready(fn(*args))
-  best = float("inf")
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - start)
-  return best / steps
+  return _timing.time_call(fn, *args, repeats=repeats) / 1e3 / steps
 
 
 # -- the loops --------------------------------------------------------------------------------

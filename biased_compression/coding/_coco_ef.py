@@ -434,35 +434,21 @@ def coco_ef(
     raise ValueError(f"{fn}: error_feedback must be True or False, got {error_feedback!r}")
 
   if error_feedback:
-
-    def algorithm(step, u, state):
-      p_i = optax.tree.add(u, state["error"])
-      delta, mean = step.exchange(p_i)
-      return mean, {"error": optax.tree.sub(p_i, delta)}
-
-    inner = _skeleton.transformation(
-      fn,
+    state_cls, algorithm, fields = (
       _error_feedback.ErrorFeedbackState,
-      algorithm,
-      compressor,
-      options,
-      worker_fields=("error",),
-      contractive=True,
-      participation="mean",
+      _error_feedback.ef_step,
+      ("error",),
     )
   else:
-
-    def algorithm(step, u, state):
-      del state
-      return step.exchange(u)[1], {}
-
-    inner = _skeleton.transformation(
-      fn,
-      _dcgd.CompressState,
-      algorithm,
-      compressor,
-      options,
-      contractive=False,
-      participation="mean",
-    )
+    state_cls, algorithm, fields = _dcgd.CompressState, _dcgd.compress_step, ()
+  inner = _skeleton.transformation(
+    fn,
+    state_cls,
+    algorithm,
+    compressor,
+    options,
+    worker_fields=fields,
+    contractive=error_feedback,
+    participation="mean",
+  )
   return coded(inner, code, stragglers, axis_name=options.axis_name, decoding=decoding, p=p)

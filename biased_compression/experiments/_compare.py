@@ -127,16 +127,7 @@ class Comparison:
       ("bits_to_target", "bits to target", "{:.4g}"),
       ("saving_vs_gd", "x fewer than GD", "{:.3g}"),
     ]
-    cols = [col for col in cols if any(col[0] in row for row in rows)]
-
-    def cell(row, key, fmt):
-      value = row.get(key)
-      if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "-" if key != "final_loss" else "diverged"
-      return fmt.format(value)
-
-    body = [[cell(row, k, f) for k, _, f in cols] for row in rows]
-    table = _output.format_table([h for _, h, _ in cols], body, align="<")
+    table = _output.rows_table(rows, cols, missing={"final_loss": "diverged"})
     note = (
       f"{self.task}: n = {self.num_workers}, d = {self.num_params}; bits per worker; target "
       f"loss {self.target:.5g}; step size chosen from the grid by final training loss"

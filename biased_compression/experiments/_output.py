@@ -5,6 +5,7 @@ Progress bars that stay silent unless stderr is a terminal, and plain-text table
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -66,3 +67,22 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: s
   out = [line(headers), "  ".join("-" * w for w in widths)]
   out.extend(line(row) for row in rows)
   return "\n".join(out)
+
+
+def rows_table(
+  rows: Sequence[dict], columns: Sequence[tuple[str, str, str]], *, missing: dict | None = None
+) -> str:
+  """`format_table` of dict rows: ``columns`` are (key, header, format) triples, kept only
+  where some row has the key; a missing or non-finite value prints ``missing[key]`` (or
+  ``"-"``)."""
+  missing = missing or {}
+  cols = [col for col in columns if any(col[0] in row for row in rows)]
+
+  def cell(row, key, fmt):
+    value = row.get(key)
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+      return missing.get(key, "-")
+    return fmt.format(value)
+
+  body = [[cell(row, k, f) for k, _, f in cols] for row in rows]
+  return format_table([h for _, h, _ in cols], body, align="<")

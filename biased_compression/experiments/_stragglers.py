@@ -176,20 +176,12 @@ class StragglerStudy:
       ("gap", "f - f*", "{:.3g}"),
       ("test_accuracy", "test acc", "{:.3f}"),
     ]
-    cols = [col for col in cols if any(col[0] in row for row in rows)]
-
-    def cell(row, key, fmt):
-      value = row.get(key)
-      if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return "diverged" if key in ("loss", "gap") else "-"
-      return fmt.format(value)
-
-    body = [[cell(row, k, f) for k, _, f in cols] for row in rows]
     note = (
       f"{self.task}: n = {self.num_workers} workers, d_model = {self.num_params}; at equal "
       "bits (each setting's smallest total), step size from the grid by final loss"
     )
-    return note + "\n" + _output.format_table([h for _, h, _ in cols], body, align="<")
+    diverged = {"loss": "diverged", "gap": "diverged"}
+    return note + "\n" + _output.rows_table(rows, cols, missing=diverged)
 
   def winners(self) -> list[dict[str, Any]]:
     """Per setting, the method with the lowest loss at equal bits."""

@@ -41,6 +41,13 @@ class DianaState(NamedTuple):
   bits: _bits.BitCount
 
 
+def compress_step(step, u, state):
+  """One step of compressed gradients: out = mean_i C(u_i) (the skeleton's algorithm of
+  `compress`, and of `biased_compression.coco_ef` without error feedback)."""
+  del state
+  return step.exchange(u)[1], {}
+
+
 @_options.factory("C(u_i)", "mean")
 def compress(
   compressor: _base.Compressor,
@@ -81,14 +88,10 @@ def compress(
     learning: comparing noise resilience via SDEs, AISTATS 2025, arXiv:2502.17009.
   """
 
-  def algorithm(step, u, state):
-    del state
-    return step.exchange(u)[1], {}
-
   return _skeleton.transformation(
     "compress",
     CompressState,
-    algorithm,
+    compress_step,
     compressor,
     options,
     contractive=False,

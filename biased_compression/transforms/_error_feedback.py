@@ -162,21 +162,24 @@ def error_feedback(
     learning, 2023, arXiv:2002.12410.
   """
 
-  def algorithm(step, u, state):
-    p = optax.tree.add(u, state["error"])
-    delta, mean = step.exchange(p)
-    return mean, {"error": optax.tree.sub(p, delta)}
-
   return _skeleton.transformation(
     "error_feedback",
     ErrorFeedbackState,
-    algorithm,
+    ef_step,
     compressor,
     options,
     worker_fields=("error",),
     contractive=True,
     participation="mean",
   )
+
+
+def ef_step(step, u, state):
+  """One step of classic error feedback: p_i = u_i + e_i; Delta_i = C(p_i); e_i = p_i - Delta_i
+  (the skeleton's algorithm of `error_feedback`, and of `biased_compression.coco_ef`)."""
+  p = optax.tree.add(u, state["error"])
+  delta, mean = step.exchange(p)
+  return mean, {"error": optax.tree.sub(p, delta)}
 
 
 def _ef21_step(step, v, estimate, mean_estimate):
