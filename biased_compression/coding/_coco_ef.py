@@ -80,13 +80,16 @@ class Decoder:
       _codes.sgc_weights(code, p_arr)  # refuses codes that are not 0/1 and balanced
     return cls(code, decoding, p_arr)
 
+  def sgc(self) -> jax.Array:
+    """The SGC weights 1 / (m d (1 - p_i)) of every worker, float32 (no mask)."""
+    return jnp.asarray(_codes.sgc_weights(self.code, self.p) / self.code.num_parts, jnp.float32)
+
   def weights(self, alive: jax.Array) -> jax.Array:
     code = self.code
     alive = jnp.asarray(alive, jnp.bool_)
     m, d = code.num_parts, code.replication
     if self.decoding == "sgc":
-      w = _codes.sgc_weights(code, self.p) / m
-      return jnp.where(alive, jnp.asarray(w, jnp.float32), 0.0)
+      return jnp.where(alive, self.sgc(), 0.0)
     if self.decoding == "mean":
       count = jnp.sum(alive.astype(jnp.float32))
       return jnp.where(alive, 1.0 / (m / code.num_workers * d * jnp.maximum(count, 1.0)), 0.0)
@@ -324,7 +327,7 @@ def coded(
         mine = stragglers.alive_one(_straggler_key(state), index, n)
       else:
         mine = jnp.asarray(participating, jnp.bool_)
-      w = jnp.asarray(_codes.sgc_weights(code, decoder.p) / code.num_parts, jnp.float32)[index]
+      w = decoder.sgc()[index]
       return tx.update(updates, state, params, participating=mine, weights=w, **extra)
     if participating is None:
       alive = stragglers.alive(_straggler_key(state), n)
