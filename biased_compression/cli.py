@@ -6,6 +6,9 @@ Subcommands:
   (the default, the main job): trains a task with uncompressed GD and the library's methods
   at their best step sizes and writes a table, plots and JSON (see
   `biased_compression.experiments.compare`).
+* ``reproduce NAME [--full] [--out DIR] [options]`` and ``reproduce all [--only ...]``: reruns
+  a claim of the seed papers (or all of them, with ``REPORT.md``); see
+  `biased_compression.studies`.
 * ``compressors [--dim D] [--draws N] [--seed S]``: tabulates every compressor of
   `standard_compressors` with its constants, its wire size and its measured relative error
   ``||C(x) - x||^2 / ||x||^2`` on three test vectors (`biased_compression.metrics`).
@@ -31,6 +34,7 @@ from __future__ import annotations
 import argparse
 import decimal
 import math
+import pathlib
 import re
 import sys
 from collections.abc import Callable
@@ -41,6 +45,7 @@ import jax
 from tqdm import tqdm
 
 from biased_compression import experiments
+from biased_compression import studies
 from biased_compression.bench import _timing
 from biased_compression.compressors import _registry
 from biased_compression.compressors import _sparsification
@@ -590,6 +595,119 @@ def _cmd_stragglers(args: argparse.Namespace, argv: Sequence[str]) -> int:
   return 0
 
 
+# -- reproduce --------------------------------------------------------------------------------
+
+
+def _option_type(option: studies.Option) -> Callable[[str], Any]:
+  """The argparse type of a claim's option: comma lists for tuples of numbers, ';' lists for
+  tuples of strings (compressor specs hold commas), true/false for booleans."""
+  kind = option.element_type()
+  value = option.default if option.default is not None else option.full
+
+  def scalar(text: str) -> Any:
+    if kind is bool:
+      if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+      return text.lower() in ("true", "1", "yes")
+    try:
+      return kind(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+
+  if isinstance(value, tuple):
+    sep = ";" if kind is str else ","
+
+    def many(text: str) -> tuple:
+      values = tuple(scalar(v.strip()) for v in text.split(sep) if v.strip())
+      if not values:
+        raise argparse.ArgumentTypeError(f"expected values separated by {sep!r}, got {text!r}")
+      return values
+
+    return many
+  return scalar
+
+
+def _show(value: Any) -> str:
+  if isinstance(value, tuple):
+    sep = ";" if value and isinstance(value[0], str) else ","
+    return sep.join(str(v) for v in value)
+  return str(value)
+
+
+def _add_reproduce_parser(commands) -> None:
+  rep = commands.add_parser(
+    "reproduce",
+    help="rerun a claim of the seed papers (or all, with a report)",
+    description="Reruns a claim of the seed papers at a small size (--full: the papers' "
+    "size) and writes its table, figures and result.json to OUT/NAME; 'all' runs every "
+    "claim and writes OUT/REPORT.md (each claim's statement, what was measured, a verdict).",
+  )
+  names = rep.add_subparsers(dest="claim", metavar="NAME", required=True)
+
+  def common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+      "--out", default="reproduce-results", help="output folder (default: reproduce-results)"
+    )
+    p.add_argument("--full", action="store_true", help="the full size instead of the small one")
+    p.add_argument("--no-plot", action="store_true", help="write no figures")
+
+  for claim in studies.CLAIMS.values():
+    p = names.add_parser(
+      claim.name,
+      help=f"claim {claim.number}: {claim.title}",
+      description=f"Claim {claim.number}, {claim.title} ({claim.paper}). The paper: "
+      f"{claim.statement}",
+    )
+    common(p)
+    for key, option in claim.options.items():
+      full = "" if option.full is None else f"; with --full: {_show(option.full)}"
+      p.add_argument(
+        "--" + key.replace("_", "-"),
+        dest=key,
+        type=_option_type(option),
+        default=None,
+        help=f"{option.help} (small: {_show(option.default)}{full})".replace("%", "%%"),
+      )
+    p.set_defaults(func=_cmd_reproduce, parser=p)
+  p = names.add_parser(
+    "all",
+    help="every claim, and OUT/REPORT.md",
+    description="Runs every claim's study (each at its small size, or --full) and writes "
+    "OUT/REPORT.md: per claim the paper's statement, the measured table and figures, and a "
+    "verdict (reproduced, partly, not reproduced).",
+  )
+  common(p)
+  p.add_argument(
+    "--only",
+    type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()),
+    default=None,
+    help=f"the claims to run, comma-separated (default: all of {', '.join(studies.CLAIMS)})",
+  )
+  p.set_defaults(func=_cmd_reproduce, parser=p)
+
+
+def _cmd_reproduce(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  del argv
+  plot = not args.no_plot
+  try:
+    if args.claim == "all":
+      findings, path = studies.reproduce_all(args.out, names=args.only, full=args.full, plot=plot)
+      for f in findings:
+        print(f"{f.claim}: {f.verdict} ({f.seconds:.0f} s)")
+      print(f"wrote {path}")
+      return 0
+    claim = studies.CLAIMS[args.claim]
+    options = {k: getattr(args, k) for k in claim.options if getattr(args, k) is not None}
+    finding = studies.reproduce(args.claim, args.out, full=args.full, plot=plot, **options)
+  except (OSError, ValueError, ImportError) as e:
+    args.parser.error(str(e))
+  print(f"claim {claim.number}, {claim.title}: {finding.verdict} ({finding.seconds:.0f} s)")
+  print(finding.measured)
+  print(finding.table())
+  print(f"wrote {pathlib.Path(args.out) / args.claim}")
+  return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
   """The argument parser of ``biased-compression``."""
   # Option help strings are %-formatted by argparse (a literal percent sign is written %%);
@@ -746,6 +864,8 @@ def build_parser() -> argparse.ArgumentParser:
   )
   st.add_argument("--no-plot", action="store_true", help="no figures")
   st.set_defaults(func=_cmd_stragglers, parser=st)
+
+  _add_reproduce_parser(commands)
 
   comp = commands.add_parser(
     "compressors",

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from biased_compression import cli
+from biased_compression import studies
 from biased_compression.bench import _collectives as _bench_collectives
 from biased_compression.bench import _timing
 from biased_compression.compressors import _registry
@@ -337,6 +338,15 @@ def test_help_of_every_subcommand_prints_cleanly(capsys):
       "per-value cost measured at --dim times P, a linear extrapolation",
     ],
   }
+  expected[("reproduce",)] = ["'all' runs every claim and writes OUT/REPORT.md"]
+  expected[("reproduce", "all")] = ["(default: all of", "verdict (reproduced, partly"]
+  for claim in studies.CLAIMS.values():
+    option = next(iter(claim.options))
+    expected[("reproduce", claim.name)] = [
+      " ".join(claim.statement.split()),
+      f"--{option.replace('_', '-')}",
+      "(small: ",
+    ]
   seen = []
   for prefix, _ in _subcommands(cli.build_parser()):
     seen.append(prefix)
