@@ -5,6 +5,8 @@ the paper's); ``reproduce all`` writes ``REPORT.md`` with every claim's statemen
 measured and a verdict.
 """
 
+from biased_compression.studies import _contraction  # the claims
+from biased_compression.studies import _divergence
 from biased_compression.studies._claims import VERDICTS
 from biased_compression.studies._claims import Claim
 from biased_compression.studies._claims import Finding
@@ -15,6 +17,10 @@ from biased_compression.studies._reproduce import CLAIMS
 from biased_compression.studies._reproduce import register
 from biased_compression.studies._reproduce import reproduce
 from biased_compression.studies._reproduce import reproduce_all
+
+for _module in (_contraction, _divergence):
+  register(_module.CLAIM)
+del _module
 
 __all__ = [
   "CLAIMS",
