@@ -7,6 +7,7 @@ measured and a verdict.
 
 from biased_compression.studies import _contraction  # the claims
 from biased_compression.studies import _divergence
+from biased_compression.studies import _induced
 from biased_compression.studies._claims import VERDICTS
 from biased_compression.studies._claims import Claim
 from biased_compression.studies._claims import Finding
@@ -18,7 +19,7 @@ from biased_compression.studies._reproduce import register
 from biased_compression.studies._reproduce import reproduce
 from biased_compression.studies._reproduce import reproduce_all
 
-for _module in (_contraction, _divergence):
+for _module in (_contraction, _divergence, _induced):
   register(_module.CLAIM)
 del _module
 
