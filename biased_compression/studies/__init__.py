@@ -6,6 +6,7 @@ measured and a verdict.
 """
 
 from biased_compression.studies import _contraction  # the claims
+from biased_compression.studies import _distributions
 from biased_compression.studies import _divergence
 from biased_compression.studies import _induced
 from biased_compression.studies._claims import VERDICTS
@@ -19,7 +20,7 @@ from biased_compression.studies._reproduce import register
 from biased_compression.studies._reproduce import reproduce
 from biased_compression.studies._reproduce import reproduce_all
 
-for _module in (_contraction, _divergence, _induced):
+for _module in (_contraction, _divergence, _distributions, _induced):
   register(_module.CLAIM)
 del _module
 
