@@ -8,7 +8,8 @@ The transformations: `compress`, `error_feedback`, `ef21`, `ef21_sgdm`, `econtro
 `diana` are Optax transformations with explicit state, on one worker or, given an
 ``axis_name``, on n workers: `simulate` (under ``jax.vmap``) and `shard` (one per device,
 under ``jax.shard_map``) run them. `bits_sent` reads the exact number of bits they sent from
-any optimizer state.
+any optimizer state. `dcsgd_scaled_lr` and `sign_scaled_lr` are the learning-rate scaling
+rules of DCSGD and DSignSGD (derived from their SDEs).
 
 Gradient coding with stragglers: `coco_ef` (biased compression with error feedback in
 gradient coding) and, in `coding`, the codes, the straggler models and `coding.coded`, which
@@ -66,11 +67,15 @@ from biased_compression.transforms import ErrorFeedbackState
 from biased_compression.transforms import bit_words
 from biased_compression.transforms import bits_sent
 from biased_compression.transforms import compress
+from biased_compression.transforms import dcsgd_noise_scale
+from biased_compression.transforms import dcsgd_scaled_lr
 from biased_compression.transforms import diana
 from biased_compression.transforms import econtrol
 from biased_compression.transforms import ef21
 from biased_compression.transforms import ef21_sgdm
 from biased_compression.transforms import error_feedback
+from biased_compression.transforms import sign_noise_scale
+from biased_compression.transforms import sign_scaled_lr
 from biased_compression.transforms import words_to_bits
 
 __version__ = "0.1.0"
@@ -104,6 +109,8 @@ __all__ = (
   "compress",
   "compressed_mean",
   "contractive",
+  "dcsgd_noise_scale",
+  "dcsgd_scaled_lr",
   "device_update",
   "diana",
   "econtrol",
@@ -123,6 +130,8 @@ __all__ = (
   "scaled_sign",
   "shard",
   "sign",
+  "sign_noise_scale",
+  "sign_scaled_lr",
   "simulate",
   "simulated_update",
   "standard_compressors",

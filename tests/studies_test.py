@@ -107,6 +107,11 @@ def test_write_gives_json_without_nan_the_table_and_the_figure(tmp_path):
   assert paths["table"].read_text() == f.table() + "\n"
   assert paths["curve"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   assert set(f.write(tmp_path / "np", plot=False)) == {"json", "table"}
+  loaded = studies.Finding.load(tmp_path / "out")
+  # what JSON holds: the rows with non-finite values as null
+  assert loaded.rows == record["rows"] and list(loaded.figures) == ["curve"]
+  assert loaded.table() == studies.markdown_table(f.columns, record["rows"]) != f.table()
+  assert (loaded.claim, loaded.verdict, loaded.options) == (f.claim, f.verdict, f.options)
 
 
 def test_report_has_each_claims_statement_verdict_table_and_figures(tmp_path, fake_registry):

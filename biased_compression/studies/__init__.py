@@ -8,7 +8,9 @@ measured and a verdict.
 from biased_compression.studies import _contraction  # the claims
 from biased_compression.studies import _distributions
 from biased_compression.studies import _divergence
+from biased_compression.studies import _heavy_tails
 from biased_compression.studies import _induced
+from biased_compression.studies import _scaling_rules
 from biased_compression.studies._claims import VERDICTS
 from biased_compression.studies._claims import Claim
 from biased_compression.studies._claims import Finding
@@ -20,7 +22,14 @@ from biased_compression.studies._reproduce import register
 from biased_compression.studies._reproduce import reproduce
 from biased_compression.studies._reproduce import reproduce_all
 
-for _module in (_contraction, _divergence, _distributions, _induced):
+for _module in (
+  _contraction,
+  _divergence,
+  _distributions,
+  _induced,
+  _heavy_tails,
+  _scaling_rules,
+):
   register(_module.CLAIM)
 del _module
 

@@ -137,8 +137,26 @@ class Finding:
         "seconds": self.seconds,
         "columns": [list(c) for c in self.columns],
         "rows": self.rows,
+        "figures": list(self.figures),
         "record": self.record,
       }
+    )
+
+  @classmethod
+  def load(cls, folder: str | pathlib.Path) -> Finding:
+    """The finding `write` left in ``folder`` (its figures as names only: ``None`` values),
+    so that `report` can be rebuilt from written results."""
+    data = json.loads((pathlib.Path(folder) / "result.json").read_text())
+    return cls(
+      verdict=data["verdict"],
+      measured=data["measured"],
+      columns=[tuple(c) for c in data["columns"]],
+      rows=data["rows"],
+      figures=dict.fromkeys(data.get("figures", ())),
+      record=data["record"],
+      claim=data["claim"],
+      options=data["options"],
+      seconds=math.nan if data["seconds"] is None else data["seconds"],
     )
 
   def write(self, folder: str | pathlib.Path, *, plot: bool = True) -> dict[str, pathlib.Path]:

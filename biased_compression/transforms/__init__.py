@@ -7,6 +7,9 @@
 * Extending: `transformation` builds a transformation from an algorithm's step and the
   fields it keeps (per worker, or of the server), with the shared `Options`; the algorithm
   calls `Step.exchange` once or more per step. The six algorithms above are built this way.
+* Scaling rules (from the SDEs of DCSGD and DSignSGD): `dcsgd_scaled_lr` (keeps
+  eta (1 + omega) / (B N)), `sign_scaled_lr` (keeps eta / (N sqrt(B))) and the invariants
+  `dcsgd_noise_scale`, `sign_noise_scale`.
 """
 
 from biased_compression.transforms._bits import BitCount
@@ -26,6 +29,10 @@ from biased_compression.transforms._error_feedback import ef21
 from biased_compression.transforms._error_feedback import ef21_sgdm
 from biased_compression.transforms._error_feedback import error_feedback
 from biased_compression.transforms._options import Options
+from biased_compression.transforms._scaling import dcsgd_noise_scale
+from biased_compression.transforms._scaling import dcsgd_scaled_lr
+from biased_compression.transforms._scaling import sign_noise_scale
+from biased_compression.transforms._scaling import sign_scaled_lr
 from biased_compression.transforms._skeleton import Step
 from biased_compression.transforms._skeleton import transformation
 
@@ -42,11 +49,15 @@ __all__ = [
   "bit_words",
   "bits_sent",
   "compress",
+  "dcsgd_noise_scale",
+  "dcsgd_scaled_lr",
   "diana",
   "econtrol",
   "ef21",
   "ef21_sgdm",
   "error_feedback",
+  "sign_noise_scale",
+  "sign_scaled_lr",
   "transformation",
   "words_to_bits",
 ]
