@@ -10,6 +10,7 @@ from biased_compression.studies import _distributions
 from biased_compression.studies import _divergence
 from biased_compression.studies import _heavy_tails
 from biased_compression.studies import _induced
+from biased_compression.studies import _ranking
 from biased_compression.studies import _scaling_rules
 from biased_compression.studies._claims import VERDICTS
 from biased_compression.studies._claims import Claim
@@ -25,6 +26,7 @@ from biased_compression.studies._reproduce import reproduce_all
 for _module in (
   _contraction,
   _divergence,
+  _ranking,
   _distributions,
   _induced,
   _heavy_tails,
