@@ -173,3 +173,121 @@ def test_every_registered_claim_is_complete():
     missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty]
     assert not missing, (claim.name, missing)
     assert set(params) - {"show_progress"} == set(claim.options), claim.name
+
+
+# every claim at a tiny size, as command-line flags (the claims' own tests check what they
+# measure at these sizes; here: the command, its files, and a report with every claim)
+TINY_FLAGS = {
+  "linear_convergence": [
+    "--dim",
+    "16",
+    "--condition",
+    "4",
+    "--steps",
+    "60",
+    "--draws",
+    "8",
+    "--compressors",
+    "top_k(0.25);rand_k(0.25)",
+  ],
+  "divergence_without_ef": ["--step-sizes", "0.2,0.4", "--steps", "1500", "--instances", "6"],
+  "compressor_ranking": [
+    "--tasks",
+    "logistic",
+    "--budgets",
+    "2.5",
+    "--families",
+    "top_k_nd;scaled_sign",
+    "--num-workers",
+    "2",
+    "--steps",
+    "4",
+    "--lrs",
+    "1",
+  ],
+  "gradient_distributions": [
+    "--dim",
+    "4810",
+    "--vectors",
+    "1",
+    "--draws",
+    "4",
+    "--dofs",
+    "1,10",
+    "--mlp-steps",
+    "0,3",
+  ],
+  "induced_vs_ef": [
+    "--steps",
+    "40",
+    "--lrs",
+    "1,3",
+    "--pp-steps",
+    "60",
+    "--pp-lrs",
+    "0.3,1",
+    "--pp-seeds",
+    "2",
+  ],
+  "heavy_tailed_noise": [
+    "--dim",
+    "16",
+    "--workers",
+    "4",
+    "--steps",
+    "40",
+    "--seeds",
+    "2",
+    "--scales",
+    "0.1,10",
+    "--noises",
+    "gaussian;t1",
+    "--compressors",
+    "rand_k(0.25)",
+    "--lrs",
+    "0.01,0.1",
+  ],
+  "scaling_rules": [
+    "--dim",
+    "16",
+    "--workers",
+    "4",
+    "--steps",
+    "60",
+    "--sign-steps",
+    "400",
+    "--seeds",
+    "16",
+    "--sign-lr",
+    "0.1",
+  ],
+}
+
+
+def test_every_claim_has_tiny_flags():
+  assert set(TINY_FLAGS) == set(studies.CLAIMS)
+
+
+@pytest.mark.slow  # seven studies at a tiny size: a minute or two on 2 cores
+def test_every_reproduce_command_writes_its_files_and_the_report_has_every_claim(tmp_path, capsys):
+  for name, flags in TINY_FLAGS.items():
+    assert cli.main(["reproduce", name, "--out", str(tmp_path), *flags]) == 0, name
+    printed = capsys.readouterr().out
+    claim = studies.CLAIMS[name]
+    assert printed.startswith(f"claim {claim.number}, {claim.title}: "), printed
+    folder = tmp_path / name
+    record = json.loads((folder / "result.json").read_text())
+    assert record["verdict"] in studies.VERDICTS and record["rows"], name
+    assert (folder / "table.md").read_text().startswith("| "), name
+    assert record["figures"], name
+    for figure in record["figures"]:
+      assert (folder / f"{figure}.png").stat().st_size > 1000, (name, figure)
+  findings = [studies.Finding.load(tmp_path / name) for name in studies.CLAIMS]
+  text = studies.report(list(studies.CLAIMS.values()), findings, tmp_path).read_text()
+  for claim, finding in zip(studies.CLAIMS.values(), findings, strict=True):
+    assert f"## {claim.number}. {claim.title}" in text
+    assert " ".join(claim.statement.split()) in " ".join(text.split())
+    assert f"**Verdict: {finding.verdict}.**" in text
+    for figure in finding.figures:
+      assert f"({claim.name}/{figure}.png)" in text
+  assert "Not run." not in text
