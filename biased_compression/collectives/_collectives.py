@@ -37,7 +37,10 @@ outside S send nothing useful (their payload is zeroed and weighted 0). The mean
 (1/|S|) sum_{i in S} C_i, or with probabilities the unbiased (1/n) sum_{i in S} C_i / p_i,
 or with explicit ``weights`` w_i the general sum_{i in S} w_i C_i (a decoding vector of a
 gradient code, for example). With no participant the mean is zero and the server error is
-kept.
+kept. ``exchange(..., plain=True)`` also returns the participants' plain (1/n) sum_{i in S} C_i
+of the same messages (for an estimate that must stay the mean of the workers' own ones, as
+DIANA's shift): free under all_gather, a second all-reduce under psum, refused by two_stage
+and majority_vote.
 
 Traffic: `traffic_bits` gives the bits a worker sends per message (its uplink: the payload,
 or its n chunk payloads under two_stage) and, under two_stage and majority_vote, the bits it
@@ -166,6 +169,19 @@ def traffic_bits(
   return n * per_chunk, per_chunk
 
 
+def plain_traffic_bits(
+  compressor: _base.Compressor, method: str, d: int, n: int, dtype: Any = jnp.float32
+) -> int:
+  """The bits one worker sends for the participants' plain mean besides the weighted one
+  (``exchange(..., plain=True)``): 0 under all_gather (the same gathered payloads), the
+  payload once more under psum (a second all-reduce). two_stage and majority_vote refuse it;
+  0 is returned for them."""
+  dtype = jnp.dtype(dtype)
+  if resolve_method(compressor, method, d, n, dtype) == "psum":
+    return compressor.payload_bits(d, dtype)
+  return 0
+
+
 def _axis_size(axis_name) -> int:
   return int(jax.lax.axis_size(axis_name))
 
@@ -193,6 +209,28 @@ def _weights(axis_name, mask, probability, weights=None):
   return w, jax.lax.psum(w, axis_name)
 
 
+def _plain_weights(axis_name, mask):
+  """(weight, normaliser) of the participants' plain mean (1/n) sum_{i in S} C_i."""
+  if mask is None:
+    return None, float(_axis_size(axis_name))
+  n = _axis_size(axis_name)
+  return jnp.where(jnp.asarray(mask, jnp.bool_), 1.0 / n, 0.0), None
+
+
+PLAIN_METHODS = ("all_gather", "psum")
+
+
+def check_plain(fn: str, method: str) -> None:
+  """The participants' plain mean besides a weighted one needs all_gather (free) or psum."""
+  if method not in PLAIN_METHODS and method != "auto":
+    raise ValueError(
+      f"{fn}: method={method!r} re-compresses the weighted aggregate on the servers, so it "
+      "cannot also give the participants' plain mean (1/n) sum_{i in S} C_i that this "
+      "algorithm needs with probability= or weights=; use method='all_gather' (the plain "
+      "mean then comes from the same gathered payloads, without more traffic)"
+    )
+
+
 def _normalise(summed, total):
   if total is None:
     return summed
@@ -211,7 +249,7 @@ def _participated(total):
 _DECODE_BLOCK = 1 << 18
 
 
-def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name):
+def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name, extra=()):
   """sum_i w_i decode(payload_i) over the gathered axis 0, in blocks of payloads.
 
   A scan over blocks keeps one float32 accumulator of d elements plus one block of decoded
@@ -219,56 +257,66 @@ def _sum_decoded(compressor, payloads, d, dtype, key, w, axis_name):
   CPU devices at d = 2^20: several times faster than decoding all n at once with vmap, whose
   n x d temporaries dominate); for small d a block decodes up to 2^18 / d payloads with vmap
   (1000 simulated workers of d = 100: one block instead of a 1000-step loop).
+
+  ``extra``: more per-worker weights (each a scalar, or None for 1); given, the result is the
+  tuple of the sums for (w, *extra), every payload decoded once for all of them: the gathered
+  payloads are on every worker already, so another weighted sum costs no communication.
   """
-  weights = None if w is None else jax.lax.all_gather(w, axis_name)
+  weights = [None if x is None else jax.lax.all_gather(x, axis_name) for x in (w, *extra)]
   n = jax.tree.leaves(payloads)[0].shape[0]
   block = max(1, min(n, _DECODE_BLOCK // max(d, 1)))
 
   def decode(payload):
     return compressor.decode(payload, (d,), dtype, key=key).astype(jnp.float32)
 
+  def result(acc):
+    return acc if extra else acc[0]
+
   if block == 1:
 
     def term(payload, i):
       value = decode(payload)
-      return value if weights is None else weights[i] * value
+      return tuple(value if ws is None else ws[i] * value for ws in weights)
 
     def body(acc, item):
-      return acc + term(*item), None
+      return tuple(a + t for a, t in zip(acc, term(*item), strict=True)), None
 
     # The first term starts the sum, so the carry has the same (shard_map varying) type as
     # the body's output without JAX-version-specific casts.
     first = term(jax.tree.map(lambda x: x[0], payloads), 0)
     rest = jax.tree.map(lambda x: x[1:], payloads)
     acc, _ = jax.lax.scan(body, first, (rest, jnp.arange(1, n)))
-    return acc
+    return result(acc)
 
   blocks = -(-n // block)
   index = jnp.arange(blocks * block)
   # The last block is filled with copies of payload 0 at weight 0 (decoded values are finite).
   source = jnp.where(index < n, index, 0)
   grouped = jax.tree.map(lambda x: x[source].reshape(blocks, block, *x.shape[1:]), payloads)
-  scale = None
-  if weights is not None or blocks * block > n:
-    base = jnp.ones((n,), jnp.float32) if weights is None else weights.astype(jnp.float32)
-    scale = jnp.where(index < n, base[source], 0.0).reshape(blocks, block)
+  scales = []
+  for ws in weights:
+    scale = None
+    if ws is not None or blocks * block > n:
+      base = jnp.ones((n,), jnp.float32) if ws is None else ws.astype(jnp.float32)
+      scale = jnp.where(index < n, base[source], 0.0).reshape(blocks, block)
+    scales.append(scale)
 
   def block_sum(group, i):
     values = jax.vmap(decode)(group)
-    if scale is not None:
-      values = scale[i][:, None] * values
-    return jnp.sum(values, axis=0)
+    return tuple(
+      jnp.sum(values if scale is None else scale[i][:, None] * values, axis=0) for scale in scales
+    )
 
   first = block_sum(jax.tree.map(lambda x: x[0], grouped), 0)
   if blocks == 1:
-    return first
+    return result(first)
 
   def body(acc, item):
-    return acc + block_sum(*item), None
+    return tuple(a + t for a, t in zip(acc, block_sum(*item), strict=True)), None
 
   rest = jax.tree.map(lambda x: x[1:], grouped)
   acc, _ = jax.lax.scan(body, first, (rest, jnp.arange(1, blocks)))
-  return acc
+  return result(acc)
 
 
 def _moved(collective, payload):
@@ -298,23 +346,39 @@ def _decode_each(compressor, payloads, d, dtype, keys=None):
   return jax.vmap(decode)(payloads, keys)
 
 
-def _all_gather(compressor, v, dtype, key, axis_name, w, total):
+def _all_gather(compressor, v, dtype, key, axis_name, w, total, plain=None):
   payload = compressor.encode(v.astype(dtype), key=key)
   local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
   gathered = _moved(lambda x: jax.lax.all_gather(x, axis_name), payload)
   shared_key = key if shares_randomness(compressor) else None
-  summed = _sum_decoded(compressor, gathered, v.shape[0], dtype, shared_key, w, axis_name)
-  return _normalise(summed, total), local
+  d = v.shape[0]
+  if plain is None:
+    summed = _sum_decoded(compressor, gathered, d, dtype, shared_key, w, axis_name)
+    return _normalise(summed, total), local, None
+  # the participants' plain mean from the same gathered payloads: no more traffic
+  pw, ptotal = plain
+  summed, plain_sum = _sum_decoded(
+    compressor, gathered, d, dtype, shared_key, w, axis_name, extra=(pw,)
+  )
+  return _normalise(summed, total), local, _normalise(plain_sum, ptotal)
 
 
-def _psum(compressor, v, dtype, key, axis_name, w, total):
+def _psum(compressor, v, dtype, key, axis_name, w, total, plain=None):
   payload = compressor.encode(v.astype(dtype), key=key)
   local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
-  if w is not None:
-    payload = jax.tree.map(lambda x: (x.astype(jnp.float32) * w).astype(x.dtype), payload)
-  summed = jax.lax.psum(payload, axis_name)
-  mean = compressor.decode(summed, v.shape, dtype, key=key).astype(jnp.float32)
-  return _normalise(mean, total), local
+
+  def weighted_sum(weight, norm):
+    sent = payload
+    if weight is not None:
+      sent = jax.tree.map(lambda x: (x.astype(jnp.float32) * weight).astype(x.dtype), payload)
+    summed = jax.lax.psum(sent, axis_name)
+    mean = compressor.decode(summed, v.shape, dtype, key=key).astype(jnp.float32)
+    return _normalise(mean, norm)
+
+  mean = weighted_sum(w, total)
+  # the all-reduce sums the weighted payloads, so the plain mean is a second all-reduce: the
+  # caller counts its bits (`traffic_bits`' uplink once more)
+  return mean, local, None if plain is None else weighted_sum(*plain)
 
 
 def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vote, fn):
@@ -377,26 +441,35 @@ def exchange(
   weights=None,
   server_errors: Sequence[jax.Array] | None = None,
   fn: str = "compressed_mean",
+  plain: bool = False,
 ):
   """The mean over ``axis_name`` of the compressed 1-D float32 ``vectors`` (one per group).
 
-  Returns (means, locals, new server errors), lists of float32 vectors.
+  Returns (means, locals, new server errors), lists of float32 vectors. With ``plain``
+  (static) it returns (means, locals, errors, plain means) where the plain means are the
+  participants' unweighted (1/n) sum_{i in S} C_i of the same messages, whatever
+  ``probability`` / ``weights`` weigh the means with (an estimate kept as the mean of the
+  workers' own estimates moves by it). Under all_gather the plain mean is a second weighted
+  sum of the gathered payloads, without more traffic; under psum a second all-reduce of the
+  payload (``traffic_bits``' uplink once more); two_stage and majority_vote refuse it.
   """
   n = _axis_size(axis_name)
+  if plain:
+    check_plain(fn, method)
   w, total = _weights(axis_name, mask, probability, weights)
+  pweights = _plain_weights(axis_name, mask) if plain else None
   if compressor.needs_key and key is not None and not shares_randomness(compressor):
     key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-  means, locals_, errors = [], [], []
+  means, locals_, errors, plains = [], [], [], []
   for g, (v, dtype) in enumerate(zip(vectors, dtypes, strict=True)):
     gkey = None if key is None else jax.random.fold_in(key, g)
     if not compressor.needs_key:
       gkey = None
     m = resolve_method(compressor, method, v.shape[0], n, dtype)
-    if m == "all_gather":
-      mean, local = _all_gather(compressor, v, dtype, gkey, axis_name, w, total)
-      err = None if server_errors is None else server_errors[g]
-    elif m == "psum":
-      mean, local = _psum(compressor, v, dtype, gkey, axis_name, w, total)
+    if m in ("all_gather", "psum"):
+      run = _all_gather if m == "all_gather" else _psum
+      mean, local, plain_mean = run(compressor, v, dtype, gkey, axis_name, w, total, pweights)
+      plains.append(plain_mean)
       err = None if server_errors is None else server_errors[g]
     else:
       err = jnp.zeros_like(v) if server_errors is None else server_errors[g]
@@ -406,6 +479,8 @@ def exchange(
     means.append(mean)
     locals_.append(local)
     errors.append(err)
+  if plain:
+    return means, locals_, errors, plains
   return means, locals_, errors
 
 

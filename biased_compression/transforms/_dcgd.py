@@ -31,7 +31,8 @@ class CompressState(NamedTuple):
 
 
 class DianaState(NamedTuple):
-  """State of `diana`: this worker's shift h_i and the server's mean shift h."""
+  """State of `diana`: this worker's shift h_i and the server's mean shift h = mean_i h_i
+  (kept so under partial participation and importance weights too)."""
 
   count: jax.Array
   rng_key: jax.Array
@@ -121,6 +122,28 @@ def diana(
   variance-dominated neighbourhood. Dense steps (``start_step``, ``min_size`` leaves) use the
   identity compressor and alpha = 1.
 
+  The server's shift is kept equal to the mean of the workers' shifts, h = (1/n) sum_i h_i.
+  With partial participation (a set S of workers sends m_i this step; the others keep h_i)
+  and aggregation weights w_i (``probability`` p_i gives w_i = 1/(n p_i), ``participating``
+  alone w_i = 1/n):
+
+  .. math::
+    \text{out} = h + \textstyle\sum_{i \in S} w_i m_i, \qquad
+    h \leftarrow h + \alpha \tfrac1n \textstyle\sum_{i \in S} m_i.
+
+  With w_i = 1/(n p_i) and i in S with probability p_i, E out = h + (1/n) sum_i (u_i - h_i)
+  = (1/n) sum_i u_i (over C and S): the output is unbiased, while the shift moves by the
+  unweighted sum of the participants' messages, as their own shifts did (moving it by the
+  weighted sum would make h drift away from (1/n) sum_i h_i and DIANA stall away from the
+  optimum). Under ``method="all_gather"`` (the default for non-linear codes) that plain sum
+  comes from the same gathered payloads, without more traffic; under ``"psum"`` it is a
+  second all-reduce, counted in `bits_sent` (as is a second all-reduce of the dense
+  leaves); ``"two_stage"`` and ``"majority_vote"`` refuse ``probability``. Explicit
+  ``weights`` w_i (a gradient code's decoding vector) move the shift by the same weighted
+  aggregate as the output, h <- h + alpha sum_{i in S} w_i m_i: the shift that keeps the
+  output unbiased is sum_i E[w_i 1{i in S}] h_i, which only the caller knows; for
+  unbiased weights the drift of this rule has mean zero.
+
   DISTRIBUTED_METHODS
 
   Args:
@@ -164,12 +187,15 @@ def diana(
 
   def algorithm(step, u, state):
     h, mean_h = state["shift"], state["mean_shift"]
-    m, mean_m = step.exchange([x - s for x, s in zip(u, h, strict=True)])
+    # The output uses the (possibly importance-weighted) aggregate, unbiased for the mean of
+    # the m_i; the server's shift moves by the participants' plain (1/n) sum_S m_i, so that
+    # it stays (1/n) sum_i h_i (each participant moves its own h_i by alpha m_i).
+    m, mean_m, plain_m = step.exchange([x - s for x, s in zip(u, h, strict=True)], plain=True)
     alphas = [step.where_compressing(a, 1.0) for a in leaf_alphas(step.plan)]
     out = [s + mm for s, mm in zip(mean_h, mean_m, strict=True)]
     return out, {
       "shift": [s + a * mi for s, a, mi in zip(h, alphas, m, strict=True)],
-      "mean_shift": [s + a * mm for s, a, mm in zip(mean_h, alphas, mean_m, strict=True)],
+      "mean_shift": [s + a * pm for s, a, pm in zip(mean_h, alphas, plain_m, strict=True)],
     }
 
   return _skeleton.transformation(

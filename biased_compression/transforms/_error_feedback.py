@@ -183,9 +183,15 @@ def ef_step(step, u, state):
 
 
 def _ef21_step(step, v, estimate, mean_estimate):
-  """One EF21 step on messages v: c_i = C(v_i - g_i); g_i += c_i; g += mean(c)."""
-  c, mean_c = step.exchange(optax.tree.sub(v, estimate))
-  return optax.tree.add(estimate, c), optax.tree.add(mean_estimate, mean_c)
+  """One EF21 step on messages v: c_i = C(v_i - g_i); g_i += c_i; g += mean(c).
+
+  Returns (g_i, the output g + aggregate(c), the server's new g). With importance weights
+  (``probability``) the output uses the weighted aggregate and the server's g moves by the
+  participants' plain (1/n) sum_S c_i, so that it stays the mean of the g_i (as in `diana`).
+  """
+  c, mean_c, plain_c = step.exchange(optax.tree.sub(v, estimate), plain=True)
+  out = optax.tree.add(mean_estimate, mean_c)
+  return optax.tree.add(estimate, c), out, optax.tree.add(mean_estimate, plain_c)
 
 
 @_options.factory("c_i", "sum_over_n")
@@ -232,8 +238,8 @@ def ef21(
     raise ValueError(f"ef21: init must be one of {EF21_INITS}, got {init!r}")
 
   def algorithm(step, u, state):
-    est, mean_est = _ef21_step(step, u, state["estimate"], state["mean_estimate"])
-    return mean_est, {"estimate": est, "mean_estimate": mean_est}
+    est, out, mean_est = _ef21_step(step, u, state["estimate"], state["mean_estimate"])
+    return out, {"estimate": est, "mean_estimate": mean_est}
 
   return _skeleton.transformation(
     "ef21",
@@ -292,8 +298,8 @@ def ef21_sgdm(
       jnp.where(first, x, beta * m + (1.0 - beta) * x)
       for x, m in zip(u, state["momentum"], strict=True)
     ]
-    est, mean_est = _ef21_step(step, v, state["estimate"], state["mean_estimate"])
-    return mean_est, {"momentum": v, "estimate": est, "mean_estimate": mean_est}
+    est, out, mean_est = _ef21_step(step, v, state["estimate"], state["mean_estimate"])
+    return out, {"momentum": v, "estimate": est, "mean_estimate": mean_est}
 
   return _skeleton.transformation(
     "ef21_sgdm",
@@ -347,9 +353,12 @@ def econtrol(
     e, h = state["error"], state["estimate"]
     target = optax.tree.sub(u, h)
     eta32 = jnp.asarray(eta, jnp.float32)
-    delta, mean_delta = step.exchange([eta32 * ei + t for ei, t in zip(e, target, strict=True)])
-    mean_est = optax.tree.add(state["mean_estimate"], mean_delta)
-    return mean_est, {
+    messages = [eta32 * ei + t for ei, t in zip(e, target, strict=True)]
+    delta, mean_delta, plain_delta = step.exchange(messages, plain=True)
+    # with importance weights the server's h moves by the plain mean (it stays mean_i h_i)
+    out = optax.tree.add(state["mean_estimate"], mean_delta)
+    mean_est = optax.tree.add(state["mean_estimate"], plain_delta)
+    return out, {
       "error": optax.tree.sub(optax.tree.add(e, target), delta),
       "estimate": optax.tree.add(h, delta),
       "mean_estimate": mean_est,

@@ -242,8 +242,11 @@ _UPDATE_DOC = {
   ``axis_name``): ``participating`` (bool: whether this worker sends this step) replaces
   mean_i by (1/n) sum_{{i in S}} {m} over the participants S, so that the server's estimate
   stays the mean of the workers' estimates (a worker that does not participate keeps its
-  own); with ``probability`` p_i as well, by (1/n) sum_{{i in S}} {m} / p_i; ``weights`` w_i
-  give sum_{{i in S}} w_i {m} as they are.
+  own); with ``probability`` p_i as well, the output uses (1/n) sum_{{i in S}} {m} / p_i
+  (unbiased) while the server's estimate still moves by the plain (1/n) sum_{{i in S}} {m}
+  (under all_gather from the same payloads; psum sends a second all-reduce; two_stage and
+  majority_vote refuse it); ``weights`` w_i give sum_{{i in S}} w_i {m} as they are, for the
+  output and the server's estimate.
 """,
 }
 

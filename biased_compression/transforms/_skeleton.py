@@ -83,6 +83,11 @@ class Plan:
     bits_dense: bits per worker of a dense (warm-up) step.
     bits_server: bits each worker sends as the server of its chunk in a compressed step
       (two_stage, majority_vote), or None for the methods without a server.
+    bits_plain: bits per worker of the participants' plain mean besides the weighted one
+      in a compressed step (``Step.exchange(..., plain=True)`` with probability or
+      weights): the dense leaves' all-reduce and the psum groups' payloads once more (the
+      all_gather groups' plain mean reuses their gathered payloads); a dense step's plain
+      mean sends ``bits_dense`` once more.
   """
 
   groups: tuple[tuple[int, ...], ...]
@@ -92,6 +97,7 @@ class Plan:
   bits_compressed: int
   bits_dense: int
   bits_server: int | None = None
+  bits_plain: int = 0
 
   def group_dtype(self, group: Sequence[int]):
     return jnp.result_type(*[self.dtypes[i] for i in group])
@@ -116,13 +122,15 @@ def _make_plan(compressor, scope, min_size, shapes, dtypes, method, workers) -> 
   else:
     groups = (tuple(compressed),) if compressed else ()
   plan = Plan(groups, dense, shapes, dtypes, 0, 0)
-  uplink = downlink = 0
+  uplink = downlink = plain = 0
   for g in groups:
     size, dtype = plan.group_size(g), plan.group_dtype(g)
     if workers is None:
       up, down = compressor.payload_bits(size, dtype), 0
     else:
       up, down = _collectives.traffic_bits(compressor, method, size, workers, dtype)
+      if method not in _SERVER_METHODS:
+        plain += _collectives.plain_traffic_bits(compressor, method, size, workers, dtype)
     uplink, downlink = uplink + up, downlink + down
   dense_bits = sum(_dense_bits(shapes[i], dtypes[i], workers) for i in dense)
   bits_d = sum(_dense_bits(s, t, workers) for s, t in zip(shapes, dtypes, strict=True))
@@ -132,6 +140,7 @@ def _make_plan(compressor, scope, min_size, shapes, dtypes, method, workers) -> 
     bits_compressed=uplink + dense_bits,
     bits_dense=bits_d,
     bits_server=downlink if server else None,
+    bits_plain=plain + dense_bits,
   )
 
 
@@ -173,10 +182,15 @@ class Step:
     weights=None,
     server_error: list[jax.Array] | None = None,
     fn: str = "transformation",
+    reweighted: bool = False,
   ):
     self.fn = fn
     self.weights = weights
     self.exchanges = 0  # how many times this step exchanged: each one sends the plan's bits
+    # Whether the aggregate's weights differ from the participants' plain 1/n (static: from
+    # which arguments update was given), and how many plain means were sent besides.
+    self.reweighted = reweighted
+    self.plain_exchanges = 0
     self.compressor = compressor
     self.plan = plan
     self.count = count
@@ -210,20 +224,22 @@ class Step:
 
   # -- the two branches -----------------------------------------------------------------------
 
-  def _dense(self, messages, server_error):
+  def _dense(self, messages, server_error, plain=False):
     dtypes = self.plan.dtypes
     local = [m.astype(t).astype(jnp.float32) for m, t in zip(messages, dtypes, strict=True)]
     if self.axis_name is None:
-      return local, local, server_error
-    return local, self._dense_mean(local, range(len(local))), server_error
+      return local, local, None, server_error
+    mean, plain_mean = self._dense_mean(local, range(len(local)), plain)
+    return local, mean, plain_mean, server_error
 
-  def _dense_mean(self, values, indices):
-    """The participation-weighted float32 mean of dense leaves (one all-reduce)."""
+  def _dense_mean(self, values, indices, plain=False):
+    """(the participation-weighted float32 mean of dense leaves (one all-reduce), and with
+    ``plain`` the participants' plain mean (a second all-reduce), else None)."""
     indices = tuple(indices)
     if not indices:
-      return list(values)
+      return list(values), (list(values) if plain else None)
     vecs = [values[i].reshape(-1) for i in indices]
-    means, _, _ = _collectives.exchange(
+    result = _collectives.exchange(
       [jnp.concatenate(vecs)],
       [jnp.float32],
       _quantization.identity(),
@@ -233,24 +249,25 @@ class Step:
       mask=self.participating,
       probability=self.probability,
       weights=self.weights,
+      plain=plain,
     )
-    out = list(values)
-    return self._scatter(out, (indices,), means)
+    mean = self._scatter(list(values), (indices,), result[0])
+    return mean, (self._scatter(list(values), (indices,), result[3]) if plain else None)
 
-  def _compressed(self, messages, server_error):
+  def _compressed(self, messages, server_error, plain=False):
     plan = self.plan
     dtypes = [plan.group_dtype(g) for g in plan.groups]
     vectors = self._vectors(messages, plan.groups)
-    local, _, _ = self._dense(messages, None)  # dense leaves; compressed ones overwritten
+    local, _, _, _ = self._dense(messages, None)  # dense leaves; compressed ones overwritten
     if self.axis_name is None:
       locals_ = []
       for g, (v, t) in enumerate(zip(vectors, dtypes, strict=True)):
         key = None if self.key is None else jax.random.fold_in(self.key, g)
         locals_.append(self.compressor.compress(v.astype(t), key=key).astype(jnp.float32))
       local = self._scatter(local, plan.groups, locals_)
-      return local, local, server_error
+      return local, local, None, server_error
     errors = None if server_error is None else self._vectors(server_error, plan.groups)
-    means, locals_, errors = _collectives.exchange(
+    result = _collectives.exchange(
       vectors,
       dtypes,
       self.compressor,
@@ -262,36 +279,60 @@ class Step:
       weights=self.weights,
       server_errors=errors,
       fn=self.fn,
+      plain=plain,
     )
-    mean = self._dense_mean(local, plan.dense)
+    means, locals_, errors = result[:3]
+    mean, plain_mean = self._dense_mean(local, plan.dense, plain)
     mean = self._scatter(mean, plan.groups, means)
+    if plain:
+      plain_mean = self._scatter(plain_mean, plan.groups, result[3])
     local = self._scatter(local, plan.groups, locals_)
     if server_error is not None:
       server_error = self._scatter(list(server_error), plan.groups, errors)
-    return local, mean, server_error
+    return local, mean, plain_mean, server_error
 
-  def exchange(self, messages: list[jax.Array]) -> tuple[list[jax.Array], list[jax.Array]]:
+  def exchange(self, messages: list[jax.Array], *, plain: bool = False):
     """(this worker's decoded message C(m), the aggregate over workers), float32 lists.
 
     During warm-up both are the dense message. The server error (two_stage) is updated in
     ``self.server_error``. An algorithm may exchange several times per step (each exchange
     counts its bits); two_stage's one server error allows a single exchange.
+
+    With ``plain=True`` it returns (C(m), aggregate, plain mean) with the plain mean the
+    participants' unweighted (1/n) sum_{i in S} C(m_i) of the same messages: what moves a
+    server estimate that must stay the mean of the workers' estimates when the aggregate is
+    importance-weighted (``probability``). Otherwise (no weights, or explicit ``weights``,
+    whose expectation only the caller knows) the aggregate is returned twice, at no cost. With
+    importance weights the plain mean comes from the
+    same exchange: free under all_gather (a second weighted sum of the gathered payloads),
+    a second all-reduce under psum and for the dense leaves (counted in the bits, see
+    `Plan.bits_plain`); two_stage and majority_vote refuse it with a ValueError.
     """
     if self.exchanges and self.server_error is not None:
       raise ValueError(
         f"{self.fn}: method='two_stage' keeps one server error per step, so an algorithm that "
         "exchanges more than once per step cannot use it; use method='all_gather'"
       )
+    separate = plain and self.reweighted and self.axis_name is not None
+    if separate:
+      _collectives.check_plain(self.fn, self.method)
+      self.plain_exchanges += 1
     self.exchanges += 1
     err = self.server_error
     if self.compressing is None:
-      local, mean, err = self._compressed(messages, err)
+      local, mean, plain_mean, err = self._compressed(messages, err, separate)
     else:
-      local, mean, err = jax.lax.cond(
-        self.compressing, self._compressed, self._dense, messages, err
+      local, mean, plain_mean, err = jax.lax.cond(
+        self.compressing,
+        functools.partial(self._compressed, plain=separate),
+        functools.partial(self._dense, plain=separate),
+        messages,
+        err,
       )
     self.server_error = err
-    return local, mean
+    if not plain:
+      return local, mean
+    return local, mean, (plain_mean if separate else mean)
 
   def bits(self, bits: _bits.BitCount) -> _bits.BitCount:
     def count(compressed: int, dense: int):
@@ -302,14 +343,13 @@ class Step:
         step = jnp.where(self.participating, step, jnp.zeros_like(step))
       return step
 
-    k = self.exchanges
+    k, p = self.exchanges, self.plain_exchanges
     server = None
     if self.plan.bits_server is not None:
       # a dense warm-up step is one all-reduce: no server sends anything
       server = count(k * self.plan.bits_server, 0)
-    return _bits.bits_add(
-      bits, count(k * self.plan.bits_compressed, k * self.plan.bits_dense), server
-    )
+    compressed = k * self.plan.bits_compressed + p * self.plan.bits_plain
+    return _bits.bits_add(bits, count(compressed, (k + p) * self.plan.bits_dense), server)
 
   def where_compressing(self, compressed, dense):
     """Selects a value by the step's branch (``compressed`` when there is no warm-up)."""
@@ -428,6 +468,11 @@ def transformation(
     if contractive:
       for group in plan.groups:
         _options.check_contractive(fn, compressor, plan.group_size(group))
+    # Static (which arguments were given): whether the aggregate's weights differ from the
+    # participants' plain 1/n, so that an algorithm asking for the plain mean gets it apart.
+    # Explicit weights (a gradient code's decoding vector) are not: their expectation, which
+    # a server estimate would need, is the caller's (see `diana`).
+    reweighted = probability is not None or (participating is not None and participation == "mean")
     if participating is not None:
       participating = jnp.asarray(participating, jnp.bool_)
       if participation == "sum_over_n" and probability is None and weights is None:
@@ -446,6 +491,7 @@ def transformation(
       weights=weights,
       server_error=flatten(state.server_error)[0] if needs_server_error else None,
       fn=fn,
+      reweighted=reweighted,
     )
     old = {name: flatten(getattr(state, name))[0] for name in fields}
     out, new = algorithm(step, optax.tree.cast(leaves, jnp.float32), old)
