@@ -21,6 +21,7 @@ import numpy as np
 
 import biased_compression as bc
 from biased_compression.experiments import _output
+from biased_compression.experiments import _tasks
 from biased_compression.studies import _claims
 
 __all__ = [
@@ -186,8 +187,7 @@ def verdict(within: Sequence[bool]) -> str:
 
 def _check(dim, condition, steps, draws, compressors, seed):
   for name, value in (("dim", dim), ("steps", steps), ("draws", draws)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"linear_convergence: {name} must be a positive int, got {value!r}")
+    _tasks._check_int("linear_convergence", name, value, 1)
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise ValueError(f"linear_convergence: seed must be an int, got {seed!r}")
   if not (isinstance(condition, (int, float)) and math.isfinite(condition) and condition >= 1):

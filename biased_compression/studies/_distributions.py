@@ -30,6 +30,7 @@ import numpy as np
 
 import biased_compression as bc
 from biased_compression.experiments import _output
+from biased_compression.experiments import _tasks
 from biased_compression.studies import _claims
 
 __all__ = [
@@ -60,8 +61,7 @@ _CHUNK_FLOATS = 1 << 23
 
 def _check_dk(fn: str, d: Any, k: Any) -> tuple[int, int]:
   for name, value in (("d", d), ("k", k)):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
+    _tasks._check_int(fn, name, value, 1)
   if k > d:
     raise ValueError(f"{fn}: k must be at most d = {d}, got {k!r}")
   return int(d), int(k)
@@ -180,9 +180,7 @@ def _moments(compressor: bc.Compressor, xs: jax.Array, key: jax.Array, scale: ja
 
 
 def _check_positive_int(fn: str, name: str, value: Any) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-    raise ValueError(f"{fn}: {name} must be a positive int, got {value!r}")
-  return int(value)
+  return _tasks._check_int(fn, name, value, 1)
 
 
 def _check_vectors(fn: str, x: Any) -> jax.Array:

@@ -22,6 +22,7 @@ import optax
 
 import biased_compression as bc
 from biased_compression.experiments import _output
+from biased_compression.experiments import _tasks
 from biased_compression.studies import _claims
 
 __all__ = [
@@ -191,8 +192,7 @@ def _check(step_sizes, steps, instances, dim, workers, k, noise, seed):
     ("workers", workers),
     ("k", k),
   ):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"divergence_without_ef: {name} must be a positive int, got {value!r}")
+    _tasks._check_int("divergence_without_ef", name, value, 1)
   if steps < 8:
     raise ValueError(f"divergence_without_ef: steps must be at least 8, got {steps!r}")
   if k >= dim:

@@ -20,6 +20,7 @@ import numpy as np
 
 import biased_compression as bc
 from biased_compression.experiments import _output
+from biased_compression.experiments import _tasks
 from biased_compression.studies import _claims
 
 __all__ = ["CLAIM", "heavy_tailed_noise"]
@@ -197,8 +198,7 @@ def _check_options(
     ("steps", steps, 1),
     ("seeds", seeds, 1),
   ):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-      raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
+    _tasks._check_int(fn, name, value, low)
   for name, values, least in (("scales", scales, 2), ("lrs", lrs, 1)):
     if (
       not isinstance(values, (tuple, list))

@@ -35,6 +35,7 @@ import optax
 import biased_compression as bc
 from biased_compression import experiments as ex
 from biased_compression.experiments import _output
+from biased_compression.experiments import _tasks
 from biased_compression.studies import _claims
 
 __all__ = [
@@ -56,15 +57,12 @@ _MAX_POINTS = 400  # curves kept in the JSON record
 _BIAS_DRAWS = 20_000  # Monte Carlo draws of the one-step aggregate
 
 
+FN = "induced_vs_ef"
+
+
 def resolution(f_star: float) -> float:
   """4 ulp of float32 at f*: a gap f(x) − f* below it is float32 rounding of the loss."""
   return float(4 * np.spacing(np.float32(abs(f_star))))
-
-
-def _check_int(name: str, value: Any, low: int) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-    raise ValueError(f"induced_vs_ef: {name} must be an int >= {low}, got {value!r}")
-  return int(value)
 
 
 def _check_lrs(name: str, values: Any) -> tuple[float, ...]:
@@ -515,12 +513,12 @@ def induced_vs_ef(
     )
   if not all(isinstance(s, str) for s in datasets):
     raise ValueError(f"induced_vs_ef: datasets must be names (str), got {datasets!r}")
-  n = _check_int("num_workers", num_workers, 2)
+  n = _tasks._check_int(FN, "num_workers", num_workers, 2)
   if not (_number(ratio) and 0 < ratio <= 0.5):
     raise ValueError(f"induced_vs_ef: ratio must be in (0, 0.5], got {ratio!r}")
-  steps = _check_int("steps", steps, 1)
-  pp_steps = _check_int("pp_steps", pp_steps, 1)
-  pp_seeds = _check_int("pp_seeds", pp_seeds, 1)
+  steps = _tasks._check_int(FN, "steps", steps, 1)
+  pp_steps = _tasks._check_int(FN, "pp_steps", pp_steps, 1)
+  pp_seeds = _tasks._check_int(FN, "pp_seeds", pp_seeds, 1)
   lrs = _check_lrs("lrs", lrs)
   pp_lrs = _check_lrs("pp_lrs", pp_lrs)
   if not (_number(p_low) and 0 < p_low <= 1):

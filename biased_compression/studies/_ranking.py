@@ -21,6 +21,7 @@ import numpy as np
 import biased_compression as bc
 from biased_compression import experiments as ex
 from biased_compression.experiments import _output
+from biased_compression.experiments import _tasks
 from biased_compression.studies import _claims
 
 __all__ = [
@@ -237,9 +238,7 @@ def _check_options(
   fn = "compressor_ranking"
 
   def positive_int(name, value, low=1):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-      raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
-    return int(value)
+    return _tasks._check_int(fn, name, value, low)
 
   def numbers(name, value):
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or not value:

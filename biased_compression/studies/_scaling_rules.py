@@ -19,6 +19,7 @@ import numpy as np
 
 import biased_compression as bc
 from biased_compression.experiments import _output
+from biased_compression.experiments import _tasks
 from biased_compression.studies import _claims
 from biased_compression.studies import _heavy_tails
 
@@ -134,8 +135,7 @@ def _check(
     ("seeds", seeds, 1),
     ("kappa", kappa, 2),
   ):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-      raise ValueError(f"{fn}: {name} must be an int >= {low}, got {value!r}")
+    _tasks._check_int(fn, name, value, low)
   for name, value in (
     ("lr", lr),
     ("sign_lr", sign_lr),
