@@ -120,6 +120,7 @@ def _mesh():
 PARAMS = {"a": jnp.zeros((D,)), "b": jnp.zeros((6,))}  # "b" goes dense (min_size)
 
 
+@pytest.mark.slow  # 8 devices and a compile per backend: ~5 s
 def test_shard_map_equals_vmap_simulation_with_importance_weights():
   tx = bc.diana(bc.rand_k(k=8), axis_name="w", min_size=16, start_step=1, seed=2)
   steps = 3
@@ -170,6 +171,7 @@ def test_bits_sent_equals_the_compiled_collectives_with_importance_weights():
   assert int(up[0]) == 2 * (shared.payload_bits(D) + 32 * 6) == wire
 
 
+@pytest.mark.slow  # three compiled updates and the two_stage refusals: ~6 s
 def test_bits_sent_unchanged_under_all_gather_and_two_stage_refused():
   """Under all_gather the participants' plain mean costs no bits: with probability= each
   participant sends its payload once, as without it; two_stage refuses probability/weights."""
