@@ -4,8 +4,8 @@ The compressor core: every operator is an immutable `Compressor` with ``compress
 ``encode`` / ``decode`` (a real bit-packed wire format), ``bits``, and its constants
 (``omega``, ``delta`` and the classes B1, B2, B3 of Beznosikov et al., 2023).
 
-The transformations: `compress`, `error_feedback`, `ef21`, `ef21_sgdm`, `econtrol` and
-`diana` are Optax transformations with explicit state, on one worker or, given an
+The transformations: `compress`, `error_feedback`, `ef21`, `ef21_sgdm`, `econtrol`, `diana`
+and `powersgd` are Optax transformations with explicit state, on one worker or, given an
 ``axis_name``, on n workers: `simulate` (under ``jax.vmap``) and `shard` (one per device,
 under ``jax.shard_map``) run them. `bits_sent` reads the exact number of bits they sent from
 any optimizer state. `dcsgd_scaled_lr` and `sign_scaled_lr` are the learning-rate scaling
@@ -64,6 +64,7 @@ from biased_compression.transforms import EControlState
 from biased_compression.transforms import EF21SGDMState
 from biased_compression.transforms import EF21State
 from biased_compression.transforms import ErrorFeedbackState
+from biased_compression.transforms import PowerSGDState
 from biased_compression.transforms import bit_words
 from biased_compression.transforms import bits_sent
 from biased_compression.transforms import compress
@@ -74,6 +75,7 @@ from biased_compression.transforms import econtrol
 from biased_compression.transforms import ef21
 from biased_compression.transforms import ef21_sgdm
 from biased_compression.transforms import error_feedback
+from biased_compression.transforms import powersgd
 from biased_compression.transforms import sign_noise_scale
 from biased_compression.transforms import sign_scaled_lr
 from biased_compression.transforms import words_to_bits
@@ -92,6 +94,7 @@ __all__ = (
   "EF21State",
   "ErrorFeedbackState",
   "MeanResult",
+  "PowerSGDState",
   "Workers",
   "adaptive_random_sparsification",
   "abs_top_k",
@@ -125,6 +128,7 @@ __all__ = (
   "natural_compression",
   "natural_dithering",
   "parse_compressor",
+  "powersgd",
   "rand_k",
   "scaled",
   "scaled_sign",

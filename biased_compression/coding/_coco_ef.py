@@ -84,6 +84,35 @@ class Decoder:
     """The SGC weights 1 / (m d (1 - p_i)) of every worker, float32 (no mask)."""
     return jnp.asarray(_codes.sgc_weights(self.code, self.p) / self.code.num_parts, jnp.float32)
 
+  def expected(self, stragglers: _stragglers.Stragglers | None) -> np.ndarray | None:
+    """c_i = E[w_i 1{i in S}] under the straggler model (float64, shape (n,)), or None when
+    there is no model (the mask comes from ``participating``).
+
+    A server estimate h = sum_i c_i h_i moved by sum_{i in S} c_i m_i keeps the output
+    h + sum_{i in S} w_i m_i unbiased for sum_i c_i u_i (`biased_compression.diana`). SGC:
+    c_i = (1 - q_i) / (m d (1 - p_i)) with q_i the model's straggling probabilities (1 / (m d)
+    when the weights assume the model's); a fixed straggler set: the weights themselves;
+    ``"exact"`` and ``"mean"`` under iid stragglers: the mean of the weights over
+    `EXPECTATION_DRAWS` straggler sets drawn with a fixed key (every set when n <= 12).
+    """
+    if stragglers is None:
+      return None
+    n = self.code.num_workers
+    if self.decoding == "sgc":
+      q = stragglers.straggling_probabilities(n)
+      return (1.0 - q) * np.asarray(self.sgc(), np.float64)
+    if stragglers.kind != "iid":
+      return np.asarray(self.weights(stragglers.alive(jax.random.PRNGKey(0), n)), np.float64)
+    q = stragglers.straggling_probabilities(n)
+    if n <= 12:
+      sets = (np.arange(1 << n)[:, None] >> np.arange(n)) & 1
+      prob = np.prod(np.where(sets == 1, 1.0 - q, q), axis=1)
+      w = np.asarray(jax.jit(jax.vmap(self.weights))(jnp.asarray(sets, jnp.bool_)), np.float64)
+      return prob @ w
+    keys = jax.random.split(jax.random.PRNGKey(_STRAGGLER_TAG), EXPECTATION_DRAWS)
+    draw = jax.jit(jax.vmap(lambda k: self.weights(stragglers.alive(k, n))))
+    return np.asarray(draw(keys), np.float64).mean(axis=0)
+
   def weights(self, alive: jax.Array) -> jax.Array:
     code = self.code
     alive = jnp.asarray(alive, jnp.bool_)
@@ -105,6 +134,7 @@ class Decoder:
 
 
 _REFINEMENTS = 6
+EXPECTATION_DRAWS = 4096
 
 
 def _min_norm_decoding(code: _codes.GradientCode, alive: jax.Array) -> jax.Array:
@@ -236,8 +266,12 @@ def coded(
      would learn it from timing; the mask is then all-gathered, n bools, not counted in the
      bits);
   2. the server's weight w_i of each arrival is computed by ``decoding``;
-  3. ``tx.update(u_i, state, participating=(i in S), weights=w_i)`` runs: a straggler sends
-     nothing (no bits) and keeps its state; the aggregate is ``sum_{i in S} w_i C_i``.
+  3. ``tx.update(u_i, state, participating=(i in S), weights=w_i, expected_weights=c_i)``
+     runs: a straggler sends nothing (no bits) and keeps its state; the aggregate is
+     ``sum_{i in S} w_i C_i``. c_i = E[w_i 1{i in S}] under the straggler model
+     (`Decoder.expected`): a server estimate (DIANA's shift, EF21's g) moves by
+     ``sum_{i in S} c_i C_i`` and so stays sum_i c_i h_i, which keeps the output unbiased
+     (without a model, c_i = w_i: the estimate moves by the aggregate itself).
 
   Decodings (m parts, replication d, the workers' updates the coded gradients (B g)_i):
 
@@ -301,9 +335,14 @@ def coded(
   n = code.num_workers
   _check_stragglers(fn, stragglers, n)
   decoder = Decoder.make(code, decoding, _default_p(stragglers, n) if p is None else p, fn)
+  expected = decoder.expected(stragglers)
+  expected = None if expected is None else jnp.asarray(expected, jnp.float32)
+
+  def _expect(index):
+    return {} if expected is None else {"expected_weights": expected[index]}
 
   def update_fn(updates, state, params=None, *, participating=None, **extra):
-    for name in ("weights", "probability"):
+    for name in ("weights", "probability", "expected_weights"):
       if name in extra:
         raise ValueError(f"{fn}: the decoding sets the weights; do not pass {name}=")
     _options.check_bound(fn, axis_name)
@@ -328,13 +367,23 @@ def coded(
       else:
         mine = jnp.asarray(participating, jnp.bool_)
       w = decoder.sgc()[index]
-      return tx.update(updates, state, params, participating=mine, weights=w, **extra)
+      return tx.update(
+        updates, state, params, participating=mine, weights=w, **_expect(index), **extra
+      )
     if participating is None:
       alive = stragglers.alive(_straggler_key(state), n)
     else:
       alive = jax.lax.all_gather(jnp.asarray(participating, jnp.bool_), axis_name)
     w = decoder.weights(alive)
-    return tx.update(updates, state, params, participating=alive[index], weights=w[index], **extra)
+    return tx.update(
+      updates,
+      state,
+      params,
+      participating=alive[index],
+      weights=w[index],
+      **_expect(index),
+      **extra,
+    )
 
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
@@ -437,20 +486,15 @@ def coco_ef(
     raise ValueError(f"{fn}: error_feedback must be True or False, got {error_feedback!r}")
 
   if error_feedback:
-    state_cls, algorithm, fields = (
-      _error_feedback.ErrorFeedbackState,
-      _error_feedback.ef_step,
-      ("error",),
-    )
+    state_cls, algorithm = _error_feedback.ErrorFeedbackState, _error_feedback.EF
   else:
-    state_cls, algorithm, fields = _dcgd.CompressState, _dcgd.compress_step, ()
-  inner = _skeleton.transformation(
+    state_cls, algorithm = _dcgd.CompressState, _dcgd.COMPRESS
+  inner = _skeleton.from_algorithm(
     fn,
     state_cls,
     algorithm,
     compressor,
     options,
-    worker_fields=fields,
     contractive=error_feedback,
     participation="mean",
   )

@@ -37,10 +37,13 @@ outside S send nothing useful (their payload is zeroed and weighted 0). The mean
 (1/|S|) sum_{i in S} C_i, or with probabilities the unbiased (1/n) sum_{i in S} C_i / p_i,
 or with explicit ``weights`` w_i the general sum_{i in S} w_i C_i (a decoding vector of a
 gradient code, for example). With no participant the mean is zero and the server error is
-kept. ``exchange(..., plain=True)`` also returns the participants' plain (1/n) sum_{i in S} C_i
-of the same messages (for an estimate that must stay the mean of the workers' own ones, as
-DIANA's shift): free under all_gather, a second all-reduce under psum, refused by two_stage
-and majority_vote.
+kept. `exchange_specs` computes several weightings of the same messages at once (e.g. the
+participants' plain (1/n) sum_{i in S} C_i besides an importance-weighted one, for an
+estimate that must stay the mean of the workers' own ones, as DIANA's shift): free under
+all_gather, another all-reduce under psum, refused by two_stage and majority_vote.
+
+Every exchange records its axis (`recording_axes`), so `biased_compression.simulate` and
+`shard` accept any transformation that communicates through these functions.
 
 Traffic: `traffic_bits` gives the bits a worker sends per message (its uplink: the payload,
 or its n chunk payloads under two_stage) and, under two_stage and majority_vote, the bits it
@@ -52,6 +55,8 @@ given) are not counted.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -173,7 +178,7 @@ def plain_traffic_bits(
   compressor: _base.Compressor, method: str, d: int, n: int, dtype: Any = jnp.float32
 ) -> int:
   """The bits one worker sends for the participants' plain mean besides the weighted one
-  (``exchange(..., plain=True)``): 0 under all_gather (the same gathered payloads), the
+  (a second spec of `exchange_specs`): 0 under all_gather (the same gathered payloads), the
   payload once more under psum (a second all-reduce). two_stage and majority_vote refuse it;
   0 is returned for them."""
   dtype = jnp.dtype(dtype)
@@ -346,24 +351,24 @@ def _decode_each(compressor, payloads, d, dtype, keys=None):
   return jax.vmap(decode)(payloads, keys)
 
 
-def _all_gather(compressor, v, dtype, key, axis_name, w, total, plain=None):
+def _all_gather(compressor, v, dtype, key, axis_name, specs):
   payload = compressor.encode(v.astype(dtype), key=key)
   local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
   gathered = _moved(lambda x: jax.lax.all_gather(x, axis_name), payload)
   shared_key = key if shares_randomness(compressor) else None
   d = v.shape[0]
-  if plain is None:
+  (w, total), rest = specs[0], specs[1:]
+  if not rest:
     summed = _sum_decoded(compressor, gathered, d, dtype, shared_key, w, axis_name)
-    return _normalise(summed, total), local, None
-  # the participants' plain mean from the same gathered payloads: no more traffic
-  pw, ptotal = plain
-  summed, plain_sum = _sum_decoded(
-    compressor, gathered, d, dtype, shared_key, w, axis_name, extra=(pw,)
+    return [_normalise(summed, total)], local
+  # more weighted sums from the same gathered payloads: no more traffic
+  sums = _sum_decoded(
+    compressor, gathered, d, dtype, shared_key, w, axis_name, extra=tuple(x for x, _ in rest)
   )
-  return _normalise(summed, total), local, _normalise(plain_sum, ptotal)
+  return [_normalise(s, t) for s, (_, t) in zip(sums, specs, strict=True)], local
 
 
-def _psum(compressor, v, dtype, key, axis_name, w, total, plain=None):
+def _psum(compressor, v, dtype, key, axis_name, specs):
   payload = compressor.encode(v.astype(dtype), key=key)
   local = compressor.decode(payload, v.shape, dtype, key=key).astype(jnp.float32)
 
@@ -375,10 +380,9 @@ def _psum(compressor, v, dtype, key, axis_name, w, total, plain=None):
     mean = compressor.decode(summed, v.shape, dtype, key=key).astype(jnp.float32)
     return _normalise(mean, norm)
 
-  mean = weighted_sum(w, total)
-  # the all-reduce sums the weighted payloads, so the plain mean is a second all-reduce: the
-  # caller counts its bits (`traffic_bits`' uplink once more)
-  return mean, local, None if plain is None else weighted_sum(*plain)
+  # the all-reduce sums the weighted payloads, so each further weighting is another
+  # all-reduce: the caller counts its bits (`traffic_bits`' uplink once more)
+  return [weighted_sum(*spec) for spec in specs], local
 
 
 def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vote, fn):
@@ -428,6 +432,104 @@ def _two_stage(compressor, v, dtype, key, axis_name, w, total, server_error, vot
   return mean, local, new_error
 
 
+WeightSpec = tuple  # (this worker's weight or None, the normaliser or None): see `weight_spec`
+
+
+def weight_spec(axis_name, mask=None, probability=None, weights=None) -> WeightSpec:
+  """One aggregation rule as (this worker's weight w_i or None, the normaliser or None).
+
+  The aggregate is (sum_i w_i C_i) / normaliser: ``(None, n)`` is the plain mean,
+  ``(1{i in S}, |S|)`` the mean over the participants ``mask`` (|S| by one psum of the
+  mask), ``(1{i in S} / (n p_i), None)`` the importance-weighted sum with ``probability``,
+  and ``(w_i 1{i in S}, None)`` explicit ``weights`` as they are.
+  """
+  return _weights(axis_name, mask, probability, weights)
+
+
+def plain_spec(axis_name, mask=None) -> WeightSpec:
+  """The participants' plain (1/n) sum_{i in S} C_i (the rule of an estimate kept as the mean
+  of the workers' own estimates)."""
+  return _plain_weights(axis_name, mask)
+
+
+_AXES_IN_USE: contextvars.ContextVar[list | None] = contextvars.ContextVar("axes", default=None)
+
+
+@contextlib.contextmanager
+def recording_axes():
+  """Collects the ``axis_name`` of every exchange traced in the block (`compressed_mean`, the
+  transformations' exchanges): `biased_compression.simulate` and `shard` use it to refuse a
+  transformation that never communicates over the worker axis."""
+  seen: list = []
+  token = _AXES_IN_USE.set(seen)
+  try:
+    yield seen
+  finally:
+    _AXES_IN_USE.reset(token)
+
+
+def record_axis(axis_name) -> None:
+  """Notes that the code being traced communicates over ``axis_name`` (see `recording_axes`)."""
+  seen = _AXES_IN_USE.get()
+  if seen is not None:
+    seen.append(axis_name)
+
+
+def exchange_specs(
+  vectors: Sequence[jax.Array],
+  dtypes: Sequence[Any],
+  compressor: _base.Compressor,
+  axis_name,
+  *,
+  method: str,
+  key: jax.Array | None,
+  specs: Sequence[WeightSpec],
+  server_errors: Sequence[jax.Array] | None = None,
+  fn: str = "compressed_mean",
+):
+  """The aggregates over ``axis_name`` of the compressed 1-D float32 ``vectors`` (one per group)
+  under each weighting of ``specs`` (`weight_spec`, `plain_spec`), from one exchange.
+
+  Returns (means, locals, new server errors): ``means[s][g]`` the aggregate of group g under
+  spec s, float32. Under all_gather every further spec is another weighted sum of the gathered
+  payloads, without more traffic; under psum another all-reduce of the payload
+  (``traffic_bits``' uplink once more); two_stage and majority_vote take one spec only.
+  """
+  record_axis(axis_name)
+  n = _axis_size(axis_name)
+  if len(specs) > 1:
+    check_plain(fn, method)
+  if compressor.needs_key and key is not None and not shares_randomness(compressor):
+    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+  means = [[] for _ in specs]
+  locals_, errors = [], []
+  for g, (v, dtype) in enumerate(zip(vectors, dtypes, strict=True)):
+    gkey = None if key is None else jax.random.fold_in(key, g)
+    if not compressor.needs_key:
+      gkey = None
+    m = resolve_method(compressor, method, v.shape[0], n, dtype)
+    if m in ("all_gather", "psum"):
+      if len(specs) > 1:
+        check_plain(fn, m)
+      run = _all_gather if m == "all_gather" else _psum
+      group_means, local = run(compressor, v, dtype, gkey, axis_name, specs)
+      err = None if server_errors is None else server_errors[g]
+    else:
+      if len(specs) > 1:
+        check_plain(fn, m)
+      err = jnp.zeros_like(v) if server_errors is None else server_errors[g]
+      w, total = specs[0]
+      mean, local, err = _two_stage(
+        compressor, v, dtype, gkey, axis_name, w, total, err, m == "majority_vote", fn
+      )
+      group_means = [mean]
+    for s, mean in enumerate(group_means):
+      means[s].append(mean)
+    locals_.append(local)
+    errors.append(err)
+  return means, locals_, errors
+
+
 def exchange(
   vectors: Sequence[jax.Array],
   dtypes: Sequence[Any],
@@ -441,47 +543,22 @@ def exchange(
   weights=None,
   server_errors: Sequence[jax.Array] | None = None,
   fn: str = "compressed_mean",
-  plain: bool = False,
 ):
-  """The mean over ``axis_name`` of the compressed 1-D float32 ``vectors`` (one per group).
-
-  Returns (means, locals, new server errors), lists of float32 vectors. With ``plain``
-  (static) it returns (means, locals, errors, plain means) where the plain means are the
-  participants' unweighted (1/n) sum_{i in S} C_i of the same messages, whatever
-  ``probability`` / ``weights`` weigh the means with (an estimate kept as the mean of the
-  workers' own estimates moves by it). Under all_gather the plain mean is a second weighted
-  sum of the gathered payloads, without more traffic; under psum a second all-reduce of the
-  payload (``traffic_bits``' uplink once more); two_stage and majority_vote refuse it.
-  """
-  n = _axis_size(axis_name)
-  if plain:
-    check_plain(fn, method)
-  w, total = _weights(axis_name, mask, probability, weights)
-  pweights = _plain_weights(axis_name, mask) if plain else None
-  if compressor.needs_key and key is not None and not shares_randomness(compressor):
-    key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
-  means, locals_, errors, plains = [], [], [], []
-  for g, (v, dtype) in enumerate(zip(vectors, dtypes, strict=True)):
-    gkey = None if key is None else jax.random.fold_in(key, g)
-    if not compressor.needs_key:
-      gkey = None
-    m = resolve_method(compressor, method, v.shape[0], n, dtype)
-    if m in ("all_gather", "psum"):
-      run = _all_gather if m == "all_gather" else _psum
-      mean, local, plain_mean = run(compressor, v, dtype, gkey, axis_name, w, total, pweights)
-      plains.append(plain_mean)
-      err = None if server_errors is None else server_errors[g]
-    else:
-      err = jnp.zeros_like(v) if server_errors is None else server_errors[g]
-      mean, local, err = _two_stage(
-        compressor, v, dtype, gkey, axis_name, w, total, err, m == "majority_vote", fn
-      )
-    means.append(mean)
-    locals_.append(local)
-    errors.append(err)
-  if plain:
-    return means, locals_, errors, plains
-  return means, locals_, errors
+  """`exchange_specs` with the one aggregation rule of ``mask`` / ``probability`` /
+  ``weights``: returns (means, locals, new server errors), lists of float32 vectors."""
+  spec = weight_spec(axis_name, mask, probability, weights)
+  means, locals_, errors = exchange_specs(
+    vectors,
+    dtypes,
+    compressor,
+    axis_name,
+    method=method,
+    key=key,
+    specs=[spec],
+    server_errors=server_errors,
+    fn=fn,
+  )
+  return means[0], locals_, errors
 
 
 def compressed_mean(

@@ -20,8 +20,8 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from biased_compression.collectives import _collectives
 from biased_compression.distributed import _workers
-from biased_compression.transforms import _skeleton
 
 __all__ = ["Workers", "simulate", "shard", "worker_key"]
 
@@ -63,8 +63,9 @@ def _check_communicates(fn: str, seen: list, axis_name) -> None:
     found = f" (it uses {sorted(set(map(repr, seen)))})" if seen else ""
     raise ValueError(
       f"{fn}: no transformation of the library in tx communicates over the worker axis "
-      f"{axis_name!r}{found}, so the workers would not be averaged and each would follow "
-      f"its own data: build the communicating part with axis_name={axis_name!r}, e.g. "
+      f"{axis_name!r}{found} (no exchange of the library's collectives, a transformation's or "
+      "bc.compressed_mean's, was traced), so the workers would not be averaged and each "
+      f"would follow its own data: build the communicating part with axis_name={axis_name!r}, e.g. "
       f"bc.error_feedback(C, axis_name={axis_name!r})"
     )
 
@@ -73,7 +74,7 @@ def _worker_step(fn, update, axis_name):
   """One worker's ``update``, checked to communicate over ``axis_name``."""
 
   def step(grads, state, params, extra):
-    with _skeleton.recording_axes() as seen:
+    with _collectives.recording_axes() as seen:
       out, state = update(grads, state, params, **extra)
     _check_communicates(fn, seen, axis_name)
     return out, state

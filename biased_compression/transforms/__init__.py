@@ -4,9 +4,12 @@
   `error_feedback`, `ef21`, `ef21_sgdm`, `econtrol` (the error-feedback family).
 * Bits: `BitCount` in every state, `bits_sent` on the host, `bit_words` / `words_to_bits`
   inside ``jit`` and ``scan``.
-* Extending: `transformation` builds a transformation from an algorithm's step and the
-  fields it keeps (per worker, or of the server), with the shared `Options`; the algorithm
-  calls `Step.exchange` once or more per step. The six algorithms above are built this way.
+* `powersgd`: rank-r compression by power iteration (two all-reduces of factors a step).
+* Extending, the open step: an `Algorithm` (``init(params, key)`` for its own state fields,
+  any shapes; ``step(step, updates, fields)``) becomes a transformation with
+  `from_algorithm`; each ``step.mean(tree, compressor=C | None, weights=...)`` (`Step`) is
+  one exchange, its bits counted. Every algorithm above is built this way;
+  `transformation` keeps the first skeleton's form (leaf lists, update-shaped fields).
 * Scaling rules (from the SDEs of DCSGD and DSignSGD): `dcsgd_scaled_lr` (keeps
   eta (1 + omega) / (B N)), `sign_scaled_lr` (keeps eta / (N sqrt(B))) and the invariants
   `dcsgd_noise_scale`, `sign_noise_scale`.
@@ -29,14 +32,23 @@ from biased_compression.transforms._error_feedback import ef21
 from biased_compression.transforms._error_feedback import ef21_sgdm
 from biased_compression.transforms._error_feedback import error_feedback
 from biased_compression.transforms._options import Options
+from biased_compression.transforms._powersgd import PowerSGDState
+from biased_compression.transforms._powersgd import matrix_view
+from biased_compression.transforms._powersgd import orthogonalize
+from biased_compression.transforms._powersgd import powersgd
 from biased_compression.transforms._scaling import dcsgd_noise_scale
 from biased_compression.transforms._scaling import dcsgd_scaled_lr
 from biased_compression.transforms._scaling import sign_noise_scale
 from biased_compression.transforms._scaling import sign_scaled_lr
+from biased_compression.transforms._skeleton import Algorithm
+from biased_compression.transforms._skeleton import Mean
 from biased_compression.transforms._skeleton import Step
+from biased_compression.transforms._skeleton import Weighting
+from biased_compression.transforms._skeleton import from_algorithm
 from biased_compression.transforms._skeleton import transformation
 
 __all__ = [
+  "Algorithm",
   "BitCount",
   "CompressState",
   "DianaState",
@@ -44,8 +56,11 @@ __all__ = [
   "EF21SGDMState",
   "EF21State",
   "ErrorFeedbackState",
+  "Mean",
   "Options",
+  "PowerSGDState",
   "Step",
+  "Weighting",
   "bit_words",
   "bits_sent",
   "compress",
@@ -56,6 +71,10 @@ __all__ = [
   "ef21",
   "ef21_sgdm",
   "error_feedback",
+  "from_algorithm",
+  "matrix_view",
+  "orthogonalize",
+  "powersgd",
   "sign_noise_scale",
   "sign_scaled_lr",
   "transformation",

@@ -28,6 +28,8 @@ class CompressState(NamedTuple):
   rng_key: jax.Array
   server_error: Any
   bits: _bits.BitCount
+  nonfinite: Any = ()
+  signature: Any = ()
 
 
 class DianaState(NamedTuple):
@@ -40,13 +42,18 @@ class DianaState(NamedTuple):
   mean_shift: Any
   server_error: Any
   bits: _bits.BitCount
+  nonfinite: Any = ()
+  signature: Any = ()
 
 
 def compress_step(step, u, state):
   """One step of compressed gradients: out = mean_i C(u_i) (the skeleton's algorithm of
   `compress`, and of `biased_compression.coco_ef` without error feedback)."""
   del state
-  return step.exchange(u)[1], {}
+  return step.mean(step.like_updates(u)).mean, {}
+
+
+COMPRESS = _skeleton.FunctionAlgorithm(compress_step)
 
 
 @_options.factory("C(u_i)", "mean")
@@ -89,10 +96,10 @@ def compress(
     learning: comparing noise resilience via SDEs, AISTATS 2025, arXiv:2502.17009.
   """
 
-  return _skeleton.transformation(
+  return _skeleton.from_algorithm(
     "compress",
     CompressState,
-    compress_step,
+    COMPRESS,
     compressor,
     options,
     contractive=False,
@@ -190,22 +197,24 @@ def diana(
     # The output uses the (possibly importance-weighted) aggregate, unbiased for the mean of
     # the m_i; the server's shift moves by the participants' plain (1/n) sum_S m_i, so that
     # it stays (1/n) sum_i h_i (each participant moves its own h_i by alpha m_i).
-    m, mean_m, plain_m = step.exchange([x - s for x, s in zip(u, h, strict=True)], plain=True)
+    rules = (step.weights, step.state_weights)
+    m, (mean_m, plain_m) = step.mean(step.like_updates(optax.tree.sub(u, h)), weights=rules)
+    treedef = jax.tree.structure(u)
     alphas = [step.where_compressing(a, 1.0) for a in leaf_alphas(step.plan)]
-    out = [s + mm for s, mm in zip(mean_h, mean_m, strict=True)]
+    alphas = treedef.unflatten(alphas)
+    out = optax.tree.add(mean_h, mean_m)
     return out, {
-      "shift": [s + a * mi for s, a, mi in zip(h, alphas, m, strict=True)],
-      "mean_shift": [s + a * pm for s, a, pm in zip(mean_h, alphas, plain_m, strict=True)],
+      "shift": jax.tree.map(lambda s, a, mi: s + a * mi, h, alphas, m),
+      "mean_shift": jax.tree.map(lambda s, a, pm: s + a * pm, mean_h, alphas, plain_m),
     }
 
-  return _skeleton.transformation(
+  return _skeleton.from_algorithm(
     "diana",
     DianaState,
-    algorithm,
+    _skeleton.FunctionAlgorithm(algorithm, fields=("shift", "mean_shift")),
     compressor,
     options,
-    worker_fields=("shift",),
-    server_fields=("mean_shift",),
+    shared=("mean_shift",),
     contractive=False,
     participation="sum_over_n",
   )

@@ -68,6 +68,8 @@ class ErrorFeedbackState(NamedTuple):
   error: Any
   server_error: Any
   bits: _bits.BitCount
+  nonfinite: Any = ()
+  signature: Any = ()
 
 
 class EF21State(NamedTuple):
@@ -79,6 +81,8 @@ class EF21State(NamedTuple):
   mean_estimate: Any
   server_error: Any
   bits: _bits.BitCount
+  nonfinite: Any = ()
+  signature: Any = ()
 
 
 class EF21SGDMState(NamedTuple):
@@ -91,6 +95,8 @@ class EF21SGDMState(NamedTuple):
   mean_estimate: Any
   server_error: Any
   bits: _bits.BitCount
+  nonfinite: Any = ()
+  signature: Any = ()
 
 
 class EControlState(NamedTuple):
@@ -103,6 +109,8 @@ class EControlState(NamedTuple):
   mean_estimate: Any
   server_error: Any
   bits: _bits.BitCount
+  nonfinite: Any = ()
+  signature: Any = ()
 
 
 @_options.factory("Delta_i", "mean")
@@ -162,13 +170,12 @@ def error_feedback(
     learning, 2023, arXiv:2002.12410.
   """
 
-  return _skeleton.transformation(
+  return _skeleton.from_algorithm(
     "error_feedback",
     ErrorFeedbackState,
-    ef_step,
+    EF,
     compressor,
     options,
-    worker_fields=("error",),
     contractive=True,
     participation="mean",
   )
@@ -176,20 +183,25 @@ def error_feedback(
 
 def ef_step(step, u, state):
   """One step of classic error feedback: p_i = u_i + e_i; Delta_i = C(p_i); e_i = p_i - Delta_i
-  (the skeleton's algorithm of `error_feedback`, and of `biased_compression.coco_ef`)."""
+  (the algorithm of `error_feedback`, and of `biased_compression.coco_ef`)."""
   p = optax.tree.add(u, state["error"])
-  delta, mean = step.exchange(p)
+  delta, mean = step.mean(step.like_updates(p))
   return mean, {"error": optax.tree.sub(p, delta)}
+
+
+EF = _skeleton.FunctionAlgorithm(ef_step, fields=("error",))
 
 
 def _ef21_step(step, v, estimate, mean_estimate):
   """One EF21 step on messages v: c_i = C(v_i - g_i); g_i += c_i; g += mean(c).
 
-  Returns (g_i, the output g + aggregate(c), the server's new g). With importance weights
-  (``probability``) the output uses the weighted aggregate and the server's g moves by the
-  participants' plain (1/n) sum_S c_i, so that it stays the mean of the g_i (as in `diana`).
+  Returns (g_i, the output g + aggregate(c), the server's new g). The output uses the
+  aggregate's weights, the server's g moves by ``step.state_weights`` (the participants'
+  plain (1/n) sum_S c_i under importance weights), so that it stays the mean of the g_i (as
+  in `diana`); one exchange gives both.
   """
-  c, mean_c, plain_c = step.exchange(optax.tree.sub(v, estimate), plain=True)
+  rules = (step.weights, step.state_weights)
+  c, (mean_c, plain_c) = step.mean(step.like_updates(optax.tree.sub(v, estimate)), weights=rules)
   out = optax.tree.add(mean_estimate, mean_c)
   return optax.tree.add(estimate, c), out, optax.tree.add(mean_estimate, plain_c)
 
@@ -241,14 +253,13 @@ def ef21(
     est, out, mean_est = _ef21_step(step, u, state["estimate"], state["mean_estimate"])
     return out, {"estimate": est, "mean_estimate": mean_est}
 
-  return _skeleton.transformation(
+  return _skeleton.from_algorithm(
     "ef21",
     EF21State,
-    algorithm,
+    _skeleton.FunctionAlgorithm(algorithm, fields=("estimate", "mean_estimate")),
     compressor,
     options,
-    worker_fields=("estimate",),
-    server_fields=("mean_estimate",),
+    shared=("mean_estimate",),
     contractive=True,
     participation="sum_over_n",
     dense_first_step=init == "dense",
@@ -294,21 +305,19 @@ def ef21_sgdm(
     first = step.count == 0
     # float32 arithmetic whether momentum is a Python float or an injected hyper-parameter
     beta = jnp.asarray(momentum, jnp.float32)
-    v = [
-      jnp.where(first, x, beta * m + (1.0 - beta) * x)
-      for x, m in zip(u, state["momentum"], strict=True)
-    ]
+    v = jax.tree.map(
+      lambda x, m: jnp.where(first, x, beta * m + (1.0 - beta) * x), u, state["momentum"]
+    )
     est, out, mean_est = _ef21_step(step, v, state["estimate"], state["mean_estimate"])
     return out, {"momentum": v, "estimate": est, "mean_estimate": mean_est}
 
-  return _skeleton.transformation(
+  return _skeleton.from_algorithm(
     "ef21_sgdm",
     EF21SGDMState,
-    algorithm,
+    _skeleton.FunctionAlgorithm(algorithm, fields=("momentum", "estimate", "mean_estimate")),
     compressor,
     options,
-    worker_fields=("momentum", "estimate"),
-    server_fields=("mean_estimate",),
+    shared=("mean_estimate",),
     contractive=True,
     participation="sum_over_n",
   )
@@ -353,8 +362,9 @@ def econtrol(
     e, h = state["error"], state["estimate"]
     target = optax.tree.sub(u, h)
     eta32 = jnp.asarray(eta, jnp.float32)
-    messages = [eta32 * ei + t for ei, t in zip(e, target, strict=True)]
-    delta, mean_delta, plain_delta = step.exchange(messages, plain=True)
+    messages = jax.tree.map(lambda ei, t: eta32 * ei + t, e, target)
+    rules = (step.weights, step.state_weights)
+    delta, (mean_delta, plain_delta) = step.mean(step.like_updates(messages), weights=rules)
     # with importance weights the server's h moves by the plain mean (it stays mean_i h_i)
     out = optax.tree.add(state["mean_estimate"], mean_delta)
     mean_est = optax.tree.add(state["mean_estimate"], plain_delta)
@@ -364,14 +374,13 @@ def econtrol(
       "mean_estimate": mean_est,
     }
 
-  return _skeleton.transformation(
+  return _skeleton.from_algorithm(
     "econtrol",
     EControlState,
-    algorithm,
+    _skeleton.FunctionAlgorithm(algorithm, fields=("error", "estimate", "mean_estimate")),
     compressor,
     options,
-    worker_fields=("error", "estimate"),
-    server_fields=("mean_estimate",),
+    shared=("mean_estimate",),
     contractive=True,
     participation="sum_over_n",
   )

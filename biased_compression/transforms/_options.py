@@ -21,6 +21,7 @@ from biased_compression.collectives import _collectives
 from biased_compression.compressors import _base
 
 SCOPES = ("leaf", "global")
+NONFINITE = ("propagate", "skip")
 
 
 # -- argument checks (values may be traced when the factory runs under inject_hyperparams) --
@@ -96,6 +97,14 @@ class Options:
       ``"majority_vote"`` (see `biased_compression.compressed_mean`).
     dense_axis_name: a fast mesh axis over which the updates are first averaged
       uncompressed in float32 (hierarchical meshes); only ``axis_name`` is compressed.
+    nonfinite: what a worker whose update holds a NaN or an infinity does:
+      ``"propagate"`` (the default: the algorithm runs on it, so the NaN reaches the
+      aggregate every worker applies, and an error or estimate holds it for good; wrap the
+      chain in ``optax.apply_if_finite`` to skip such steps on every worker) or ``"skip"``
+      (that worker sits the step out as a non-participant: it sends nothing, keeps its
+      state, and the others' messages are aggregated with the participation weights
+      renormalised; on one worker the update is zero and the state kept). Skipped steps
+      are counted per worker in the state's ``nonfinite``.
   """
 
   seed: Any = 0
@@ -105,6 +114,7 @@ class Options:
   min_size: int = 0
   method: str = "auto"
   dense_axis_name: Any = None
+  nonfinite: str = "propagate"
 
   def check(self, fn: str, compressor) -> None:
     """Raises a ValueError naming the option and its value (before anything is traced)."""
@@ -118,6 +128,8 @@ class Options:
       axis_name=self.axis_name,
     )
     _collectives.check_method(fn, self.method, compressor)
+    if self.nonfinite not in NONFINITE:
+      raise ValueError(f"{fn}: nonfinite must be one of {NONFINITE}, got {self.nonfinite!r}")
     if self.dense_axis_name is not None and self.axis_name is None:
       raise ValueError(
         f"{fn}: dense_axis_name={self.dense_axis_name!r} (the fast axis, reduced uncompressed) "
@@ -225,6 +237,8 @@ _OPTIONS_DOC = """\
     method: how the mean over ``axis_name`` travels (above); the default is the exact mean
       of the decoded messages.
     dense_axis_name: a fast mesh axis averaged uncompressed before ``axis_name`` (above).
+    nonfinite: ``"propagate"`` (default) or ``"skip"``: a worker whose update is not finite
+      sits the step out (sends nothing, keeps its state; counted in ``state.nonfinite``).
     options: all of the above as one `Options` (instead of the keywords).
 """
 
@@ -253,7 +267,7 @@ _UPDATE_DOC = {
 _OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Options))
 
 
-def factory(message: str, participation: str):
+def factory(message: str, participation: str, methods: bool = True):
   """Gives a transformation factory the shared options and their documentation.
 
   The decorated ``fn(compressor, *, <own keywords>, options: Options)`` becomes
@@ -261,7 +275,8 @@ def factory(message: str, participation: str):
   keywords build the `Options` (or ``options=`` gives them all at once), so the options
   are declared, checked and documented once. In the docstring, ``DISTRIBUTED_METHODS``
   becomes the methods and participation text for ``message`` (the worker's message, e.g.
-  ``"Delta_i"``) and ``OPTIONS`` the options' Args entries.
+  ``"Delta_i"``) and ``OPTIONS`` the options' Args entries; ``methods=False`` leaves out the
+  compressed methods (an algorithm whose exchanges are dense all-reduces).
   """
 
   def wrap(fn):
@@ -287,11 +302,13 @@ def factory(message: str, participation: str):
 
     wrapper.__signature__ = signature.replace(parameters=own + added)
     doc = fn.__doc__
-    methods = _METHODS_DOC.format(m=message) + "\n" + _UPDATE_DOC[participation].format(m=message)
-    for marker, text in (("  DISTRIBUTED_METHODS\n", methods), ("    OPTIONS\n", _OPTIONS_DOC)):
+    text = _UPDATE_DOC[participation].format(m=message)
+    if methods:
+      text = _METHODS_DOC.format(m=message) + "\n" + text
+    for marker, insert in (("  DISTRIBUTED_METHODS\n", text), ("    OPTIONS\n", _OPTIONS_DOC)):
       if marker not in doc:
         raise ValueError(f"factory: the docstring of {name} has no {marker.strip()} line")
-      doc = doc.replace(marker, text)
+      doc = doc.replace(marker, insert)
     wrapper.__doc__ = doc
     return wrapper
 

@@ -1,20 +1,29 @@
-"""Machinery shared by the Optax transformations: the compression plan, keys, bit accounting.
+"""The open step every transformation is built on: exchanges, state, keys, bit accounting.
 
-Every transformation of the library (`compress`, `error_feedback`, `ef21`, ...) does the same
-three things each step, and this module does them once:
+An **algorithm** (the protocol `Algorithm`) owns its state and its arithmetic; the skeleton
+owns everything the algorithms share:
 
-1. **Plan** which leaves are compressed and how (static, from the shapes at trace time):
-   ``scope="leaf"`` compresses each leaf on its own, ``scope="global"`` concatenates every
-   compressed leaf into one vector (global Top-k); leaves with fewer than ``min_size``
-   elements are sent dense.
-2. **Compress** the per-worker messages: C applied group by group, or, before ``start_step``,
-   the dense message in the leaf dtype. The branch is chosen inside jit from the step count.
-3. **Aggregate** over ``axis_name`` (the mean of the decoded messages, in float32) and count
-   the bits sent.
+1. **State.** The state is one ``NamedTuple`` whose fields are the skeleton's (``count``,
+   ``rng_key``, ``bits``, and where present ``server_error``, ``nonfinite``, ``signature``)
+   and the algorithm's (any pytrees, any shapes, returned by ``algorithm.init(params, key)``
+   with a key that is the same on every worker). The class is the only list of names.
+   Fields named in ``shared`` are identical on every worker (a server's estimate, PowerSGD's
+   Q) and are updated by every worker; the others are per worker and kept unchanged by a
+   worker that does not take part in a step.
+2. **Exchanges.** ``algorithm.step(step, updates, fields)`` calls `Step.mean` once or more:
+   ``step.mean(tree, compressor=C | None, weights=...)`` is one exchange of any pytree over
+   the workers, dense (``None``: a float32 all-reduce) or with a compressor (its payload), its
+   bits added exactly. Several weightings give several aggregates from the same exchange.
+3. **Options** (`biased_compression.transforms.Options`): warm-up (``start_step``: every
+   compressed exchange before it is sent dense), ``min_size``, ``scope``, ``method``,
+   participation (``participating`` / ``probability`` / ``weights`` given to ``update``), and
+   ``nonfinite="skip"`` (a worker whose update is not finite sits the step out), for every
+   algorithm alike.
 
 Randomness: the state holds a raw PRNG key that is split every step. With an axis name each
 worker folds its axis index into the step key; compressors with shared randomness (rand-k with
 ``shared_indices=True``) use the step key unfolded, so every worker draws the same indices.
+The i-th exchange of a step (i >= 1) folds i into the key, so exchanges draw independently.
 
 Bits: each worker's state has a `BitCount` with the bits of the last step and the running
 total, stored exactly as two int32 words (high, low) in base 2^30 so that totals up to 2^61
@@ -23,13 +32,16 @@ bits neither overflow int32 nor lose precision in float32. `bits_sent` reads the
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
+from typing import NamedTuple
+from typing import Protocol
+from typing import runtime_checkable
 
 import jax
 import jax.numpy as jnp
@@ -42,24 +54,9 @@ from biased_compression.compressors import _quantization
 from biased_compression.transforms import _bits
 from biased_compression.transforms import _options
 
-_AXES_IN_USE: contextvars.ContextVar[list | None] = contextvars.ContextVar("axes", default=None)
-
-
-@contextlib.contextmanager
-def recording_axes():
-  """Collects the ``axis_name`` of every transformation of the library traced in the block."""
-  seen: list = []
-  token = _AXES_IN_USE.set(seen)
-  try:
-    yield seen
-  finally:
-    _AXES_IN_USE.reset(token)
-
-
-def _record_axis(axis_name) -> None:
-  seen = _AXES_IN_USE.get()
-  if seen is not None:
-    seen.append(axis_name)
+# The collectives record the axis of every exchange; kept here under the old names.
+recording_axes = _collectives.recording_axes
+_record_axis = _collectives.record_axis
 
 
 def _at_least_one(start_step):
@@ -73,21 +70,22 @@ def _at_least_one(start_step):
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-  """Which leaves are compressed together, and the bits a step sends (static).
+  """Which leaves of one exchange are compressed together, and the bits it sends (static).
 
   Attributes:
     groups: tuples of leaf indices, each compressed as one vector.
-    dense: indices of the leaves sent uncompressed (smaller than ``min_size``).
-    sizes, shapes, dtypes: per leaf.
-    bits_compressed: bits per worker of a compressed step (its uplink, see `bits_sent`).
-    bits_dense: bits per worker of a dense (warm-up) step.
-    bits_server: bits each worker sends as the server of its chunk in a compressed step
-      (two_stage, majority_vote), or None for the methods without a server.
-    bits_plain: bits per worker of the participants' plain mean besides the weighted one
-      in a compressed step (``Step.exchange(..., plain=True)`` with probability or
-      weights): the dense leaves' all-reduce and the psum groups' payloads once more (the
-      all_gather groups' plain mean reuses their gathered payloads); a dense step's plain
-      mean sends ``bits_dense`` once more.
+    dense: indices of the leaves sent uncompressed (smaller than ``min_size``; every leaf
+      of a dense exchange).
+    shapes, dtypes: per leaf.
+    bits_compressed: bits per worker of the exchange compressed (its uplink, see
+      `bits_sent`), for one weighting.
+    bits_dense: bits per worker of the exchange sent dense (warm-up), for one weighting.
+    bits_server: bits each worker sends as the server of its chunk (two_stage,
+      majority_vote), or None for the methods without a server.
+    bits_plain: bits per worker of each further weighting of the same compressed exchange
+      (`Step.mean` with several weights): the dense leaves' all-reduce and the psum groups'
+      payloads once more (the all_gather groups reuse their gathered payloads); a dense
+      exchange sends ``bits_dense`` once more per weighting.
   """
 
   groups: tuple[tuple[int, ...], ...]
@@ -107,7 +105,7 @@ class Plan:
 
 
 def _dense_bits(shape, dtype, workers) -> int:
-  # Distributed dense leaves are averaged by one float32 all-reduce (see Step._dense_mean).
+  # Distributed dense leaves are averaged by one float32 all-reduce (see Step._dense).
   itemsize = 4 if workers is not None else jnp.dtype(dtype).itemsize
   return 8 * itemsize * math.prod(shape)
 
@@ -115,7 +113,10 @@ def _dense_bits(shape, dtype, workers) -> int:
 @functools.lru_cache(maxsize=256)
 def _make_plan(compressor, scope, min_size, shapes, dtypes, method, workers) -> Plan:
   sizes = [math.prod(s) for s in shapes]
-  compressed = [i for i, n in enumerate(sizes) if n >= max(min_size, 1)]
+  if compressor is None:
+    compressed = []
+  else:
+    compressed = [i for i, n in enumerate(sizes) if n >= max(min_size, 1)]
   dense = tuple(i for i in range(len(sizes)) if i not in compressed)
   if scope == "leaf":
     groups = tuple((i,) for i in compressed)
@@ -134,7 +135,7 @@ def _make_plan(compressor, scope, min_size, shapes, dtypes, method, workers) -> 
     uplink, downlink = uplink + up, downlink + down
   dense_bits = sum(_dense_bits(shapes[i], dtypes[i], workers) for i in dense)
   bits_d = sum(_dense_bits(s, t, workers) for s, t in zip(shapes, dtypes, strict=True))
-  server = workers is not None and method in _SERVER_METHODS
+  server = workers is not None and method in _SERVER_METHODS and bool(groups)
   return dataclasses.replace(
     plan,
     bits_compressed=uplink + dense_bits,
@@ -150,61 +151,381 @@ _SERVER_METHODS = ("two_stage", "majority_vote")
 def make_plan(
   compressor, scope: str, min_size: int, leaves: Sequence[jax.Array], method="auto", workers=None
 ) -> Plan:
-  """The plan for these update leaves; ``workers``: the axis size n, None on one worker."""
+  """The plan for these leaves (``compressor=None``: all dense); ``workers``: the axis size
+  n, None on one worker."""
   shapes = tuple(tuple(jnp.shape(x)) for x in leaves)
   dtypes = tuple(jnp.dtype(jnp.result_type(x)) for x in leaves)
   return _make_plan(compressor, scope, int(min_size), shapes, dtypes, method, workers)
 
 
+# -- the state's bookkeeping ------------------------------------------------------------------
+
+
+@jax.tree_util.register_static
+@dataclasses.dataclass(frozen=True)
+class Signature:
+  """The per-worker shapes and dtypes of the updates a state was initialised for (static: a
+  pytree node without leaves, so it costs nothing in a checkpoint or under jit)."""
+
+  paths: tuple[str, ...]
+  shapes: tuple[tuple[int, ...], ...]
+  dtypes: tuple[str, ...]
+
+
+def signature_of(tree) -> Signature:
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return Signature(
+    tuple(jax.tree_util.keystr(p) or "the root" for p, _ in flat),
+    tuple(tuple(jnp.shape(x)) for _, x in flat),
+    tuple(str(jnp.dtype(jnp.result_type(x))) for _, x in flat),
+  )
+
+
+def check_signature(fn: str, expected: Signature, updates, axis_name) -> None:
+  """The updates' per-worker shapes equal those the state was initialised with; the error
+  names the leaf, the shape expected and the shape given."""
+  given = signature_of(updates)
+  where = "" if axis_name is None else f" (per worker, over the axis {axis_name!r})"
+  if len(given.shapes) != len(expected.shapes):
+    raise ValueError(
+      f"{fn}: the updates have {len(given.shapes)} leaves but the state was initialised for "
+      f"{len(expected.shapes)} (leaves {list(expected.paths)}); give updates shaped like the "
+      "parameters given to init"
+    )
+  for path, want, got in zip(expected.paths, expected.shapes, given.shapes, strict=True):
+    if want != got:
+      hint = ""
+      if axis_name is not None and got == want[1:]:
+        hint = (
+          "; the leading axis looks taken as the worker axis: give one gradient per worker "
+          "(a leading axis of n on every leaf)"
+        )
+      raise ValueError(
+        f"{fn}: the update at {path} has shape {got}{where}, but the state was initialised "
+        f"for shape {want}{hint}"
+      )
+
+
 # -- one step of communication ---------------------------------------------------------------
 
 
-class Step:
-  """The communication of one step: compression (or dense warm-up), aggregation, bits.
+class Mean(NamedTuple):
+  """What `Step.mean` returns.
 
-  Messages and results are lists of float32 arrays, one per leaf of the updates. With an
-  axis name the aggregation goes through the collectives' ``exchange``, which sends the
-  encoded payloads; without one the "mean" is this worker's own message.
+  Attributes:
+    local: this worker's own decoded message C(x_i) (float32 pytree like the input), for
+      error feedback; the message itself for a dense exchange.
+    mean: the aggregate over the workers (float32, identical on every worker); a tuple of
+      aggregates when several weightings were asked for.
+  """
+
+  local: Any
+  mean: Any
+
+
+_DEFAULT = object()  # "the transformation's compressor"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Weighting:
+  """One aggregation rule of a step (see `Step.weights`, `Step.state_weights`): this worker's
+  weight w_i (traced, or None for 1) and the normaliser (None, a float, or traced |S|)."""
+
+  weight: Any
+  total: Any
+
+  @property
+  def spec(self):
+    return (self.weight, self.total)
+
+
+class Step:
+  """The communication of one step of one worker, handed to the algorithm.
+
+  Its one verb is `mean`: an exchange of any pytree over the workers, dense or compressed,
+  with its bits counted. Around it: the step's ``count``, the shared ``key``, whether this
+  step compresses (``start_step``), the weightings of participation, `branch` and
+  `where_compressing` for algorithms whose warm-up differs from "send the message dense".
+
+  Attributes:
+    count: the step count (traced int32).
+    key: the step's PRNG key, the same on every worker (fold in the axis index for
+      per-worker randomness).
+    axis_name: the worker axis, or None on one worker.
+    num_workers: n, or None on one worker.
+    compressor: the transformation's compressor (``compressor=`` of `mean` by default).
+    compressing: whether compressed exchanges compress this step (traced bool), or None
+      when there is no warm-up (always).
+    weights: the default `Weighting` of the aggregates (participation and ``weights=``).
+    state_weights: the `Weighting` that keeps a server estimate equal to the workers' own
+      estimates weighted by their expected weights (the participants' plain (1/n) sum under
+      importance weights; ``expected_weights`` from `biased_compression.coding.coded`); the
+      same object as ``weights`` when the two coincide, so asking for both costs nothing.
   """
 
   def __init__(
     self,
-    compressor: _base.Compressor,
-    plan: Plan,
+    compressor: _base.Compressor | None,
+    options: _options.Options,
     key: jax.Array,
     count: jax.Array,
     start_step,
     axis_name,
+    updates: Sequence[jax.Array],
     *,
-    method: str = "auto",
     participating=None,
-    probability=None,
-    weights=None,
+    weights: Weighting | None = None,
+    state_weights: Weighting | None = None,
     server_error: list[jax.Array] | None = None,
+    has_server: bool = False,
     fn: str = "transformation",
-    reweighted: bool = False,
   ):
     self.fn = fn
-    self.weights = weights
-    self.exchanges = 0  # how many times this step exchanged: each one sends the plan's bits
-    # Whether the aggregate's weights differ from the participants' plain 1/n (static: from
-    # which arguments update was given), and how many plain means were sent besides.
-    self.reweighted = reweighted
-    self.plain_exchanges = 0
     self.compressor = compressor
-    self.plan = plan
+    self.options = options
+    self.method = options.method
     self.count = count
+    self.key = key
     self.axis_name = axis_name
-    self.method = method
+    self.num_workers = None if axis_name is None else int(jax.lax.axis_size(axis_name))
     self.compressing = jnp.asarray(count >= start_step) if _may_warm_up(start_step) else None
-    self.key = key if compressor.needs_key else None
     self.participating = participating
-    self.probability = probability
-    self.server_error = server_error  # per leaf (float32), or None
+    if weights is None and axis_name is not None:
+      weights = Weighting(*_collectives.weight_spec(axis_name))
+    self.weights = weights
+    self.state_weights = weights if state_weights is None else state_weights
+    self.exchanges = 0  # how many times this step exchanged
+    self.server_error = server_error  # per update leaf (float32), two_stage only
+    self._server_used = False
+    self._has_server = has_server
+    self._updates = list(updates)  # the updates' leaves: their shapes and wire dtypes
+    self._mode = "auto"  # "compressed" / "dense" inside `branch`
+    # static bit counts of this step: if it compresses, if it is a warm-up step
+    self._bits = {"compressed": 0, "dense": 0, "server": 0}
+
+  # -- what the algorithms read -------------------------------------------------------------
+
+  @functools.cached_property
+  def plan(self) -> Plan:
+    """The plan of the updates under the transformation's compressor (which leaves are
+    compressed together; e.g. `biased_compression.diana` sets its step per group)."""
+    return make_plan(
+      self.compressor,
+      self.options.scope,
+      self.options.min_size,
+      self._updates,
+      self.method,
+      self.num_workers,
+    )
+
+  def like_updates(self, tree):
+    """``tree`` (leaves aligned with the updates) cast to the updates' dtypes: the wire dtypes
+    the library's algorithms send in (bfloat16 gradients travel as bfloat16)."""
+    leaves, treedef = jax.tree.flatten(tree)
+    cast = [x.astype(u.dtype) for x, u in zip(leaves, self._updates, strict=True)]
+    return treedef.unflatten(cast)
+
+  def where_compressing(self, compressed, dense):
+    """Selects a value by the step's branch (``compressed`` when there is no warm-up)."""
+    if self._mode != "auto":
+      return compressed if self._mode == "compressed" else dense
+    if self.compressing is None:
+      return compressed
+    return jnp.where(self.compressing, compressed, dense)
+
+  def branch(self, compressed: Callable, dense: Callable, *operands):
+    """``compressed(*operands)`` on compressing steps, ``dense(*operands)`` during warm-up.
+
+    For algorithms whose warm-up is not "every exchange sent dense" (PowerSGD sends the
+    update itself, not its factors). Inside each function `mean` compresses or not without
+    a branch of its own, and the bits of each function count on the steps it runs.
+    """
+    if self._mode != "auto":
+      raise ValueError(f"{self.fn}: step.branch cannot be nested")
+    if self.compressing is None:
+      return self._in_mode("compressed", compressed)(*operands)
+    return jax.lax.cond(
+      self.compressing,
+      self._in_mode("compressed", compressed),
+      self._in_mode("dense", dense),
+      *operands,
+    )
+
+  def _in_mode(self, mode, fn):
+    def run(*args):
+      self._mode = mode
+      try:
+        return fn(*args)
+      finally:
+        self._mode = "auto"
+
+    return run
+
+  # -- the exchange ---------------------------------------------------------------------------
+
+  def mean(
+    self,
+    tree: Any,
+    *,
+    compressor: Any = _DEFAULT,
+    weights: Any = None,
+    method: str | None = None,
+  ) -> Mean:
+    """One exchange of ``tree`` (any pytree of float arrays, any shapes) over the workers.
+
+    Each leaf travels in its own dtype (`like_updates` casts messages to the updates'
+    dtypes); decoding and averaging are in float32.
+
+    Args:
+      tree: this worker's message.
+      compressor: a `biased_compression.Compressor`, the transformation's by default, or
+        ``None`` for the dense mean (one float32 all-reduce of every leaf). A compressed
+        exchange follows the options: leaves under ``min_size`` dense, ``scope``, and dense
+        during warm-up (``start_step``).
+      weights: the aggregation rule: None (``step.weights``, participation as given to
+        ``update``), a `Weighting` (``step.weights``, ``step.state_weights``), this
+        worker's weight w_i as an array (the aggregate sum_{i in S} w_i C_i), or a tuple
+        of these for several aggregates of the same messages (one gather under all_gather;
+        one more all-reduce each under psum and for dense leaves, counted).
+      method: how this exchange travels (default: the transformation's ``method``).
+
+    Returns:
+      A `Mean` (this worker's decoded message, the aggregate or the tuple of aggregates).
+      On one worker (no axis name) both are this worker's decoded message.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    leaves = [jnp.asarray(x) for x in leaves]
+    for x in leaves:
+      if jnp.dtype(x.dtype) not in _base.SUPPORTED_DTYPES:
+        raise TypeError(
+          f"{self.fn}: step.mean sends float32, bfloat16 or float16 leaves, got {x.dtype} "
+          f"with shape {tuple(x.shape)}"
+        )
+    several = isinstance(weights, tuple)
+    rules = weights if several else (weights,)
+    if not rules:
+      raise ValueError(f"{self.fn}: step.mean got weights=() (give at least one weighting)")
+    specs, index = self._specs(rules)
+    compressor = self.compressor if compressor is _DEFAULT else compressor
+    if compressor is not None and not isinstance(compressor, _base.Compressor):
+      raise TypeError(
+        f"{self.fn}: step.mean's compressor must be a Compressor or None, got {compressor!r}"
+      )
+    method = self.method if method is None else method
+    if compressor is not None:
+      _collectives.check_method(self.fn, method, compressor)
+    server_error = self._take_server_error(compressor, method, leaves)
+    if self.exchanges and self.compressor is not None and compressor is self.compressor:
+      key = jax.random.fold_in(self.key, self.exchanges)
+    else:
+      key = self.key
+    if compressor is None or not compressor.needs_key:
+      key = None
+    self.exchanges += 1
+    plan = make_plan(
+      compressor, self.options.scope, self.options.min_size, leaves, method, self.num_workers
+    )
+    k = len(specs)
+    if compressor is None:
+      local, means, _ = self._dense(leaves, plan=plan, specs=specs)
+      self._add_bits(k * plan.bits_dense, k * plan.bits_dense, None)
+    else:
+      compressed_bits = plan.bits_compressed + (k - 1) * plan.bits_plain
+      run_c = functools.partial(self._compressed, compressor, plan, specs, key, method)
+      run_d = functools.partial(self._dense, plan=plan, specs=specs)
+      if self._mode == "dense":
+        local, means, server_error = run_d(leaves, server_error)
+      elif self._mode == "compressed" or self.compressing is None:
+        local, means, server_error = run_c(leaves, server_error)
+      else:
+        local, means, server_error = jax.lax.cond(
+          self.compressing, run_c, run_d, leaves, server_error
+        )
+      self._add_bits(compressed_bits, k * plan.bits_dense, plan.bits_server)
+    if server_error is not None:
+      self.server_error = server_error
+    local_tree = treedef.unflatten(local)
+    trees = [treedef.unflatten(m) for m in means]
+    if several:
+      return Mean(local_tree, tuple(trees[i] for i in index))
+    return Mean(local_tree, trees[0])
+
+  def exchange(self, messages: list[jax.Array], *, plain: bool = False):
+    """`mean` of the update-shaped ``messages`` (float32 leaves aligned with the updates)
+    with the transformation's compressor, in the updates' dtypes: (this worker's C(m), the
+    aggregate) as leaf lists; with ``plain=True`` also the aggregate under
+    ``state_weights`` (which replaced it: ``step.mean(m, weights=(step.weights,
+    step.state_weights))``)."""
+    rules = (self.weights, self.state_weights) if plain else None
+    local, mean = self.mean(self.like_updates(list(messages)), weights=rules)
+    if not plain:
+      return local, mean
+    return local, mean[0], mean[1]
+
+  def _specs(self, rules):
+    """The distinct weight specs of ``rules`` (by identity) and each rule's index."""
+    if self.axis_name is None:
+      return [None], [0] * len(rules)
+    specs, seen, index = [], {}, []
+    for rule in rules:
+      if rule is None:
+        rule = self.weights
+      if isinstance(rule, Weighting):
+        ident = id(rule)
+        if ident not in seen:
+          seen[ident] = len(specs)
+          specs.append(rule.spec)
+        index.append(seen[ident])
+        continue
+      w = jnp.asarray(rule, jnp.float32)
+      if w.ndim != 0:
+        raise ValueError(
+          f"{self.fn}: a weight of step.mean is this worker's scalar w_i, got shape {w.shape}"
+        )
+      if self.participating is not None:
+        w = jnp.where(self.participating, w, 0.0)
+      index.append(len(specs))
+      specs.append((w, None))
+    return specs, index
+
+  def _take_server_error(self, compressor, method, leaves):
+    """two_stage's server error for this exchange (None for the other methods)."""
+    if self.axis_name is None or compressor is None or method != "two_stage":
+      return None
+    if compressor is not self.compressor or self.server_error is None:
+      raise ValueError(
+        f"{self.fn}: method={method!r} keeps one server error, for the transformation's "
+        "compressor and messages shaped like the updates; exchange other trees with "
+        "method='all_gather' or compressor=None"
+      )
+    if self._server_used:
+      raise ValueError(
+        f"{self.fn}: method='two_stage' keeps one server error per step, so an algorithm that "
+        "exchanges more than once per step cannot use it; use method='all_gather'"
+      )
+    shapes = [tuple(x.shape) for x in leaves]
+    if shapes != [tuple(u.shape) for u in self._updates]:
+      raise ValueError(
+        f"{self.fn}: method={method!r} keeps its server error shaped like the updates, but "
+        f"this exchange sends shapes {shapes}"
+      )
+    if self._mode != "auto":
+      raise ValueError(f"{self.fn}: method={method!r} cannot exchange inside step.branch")
+    self._server_used = True
+    return self.server_error
+
+  def _add_bits(self, compressed: int, dense: int, server: int | None):
+    if self._mode != "dense":
+      self._bits["compressed"] += compressed
+      if server is not None:
+        self._bits["server"] += server
+    if self._mode != "compressed":
+      self._bits["dense"] += dense
 
   # -- groups of leaves <-> vectors ---------------------------------------------------------
 
-  def _vectors(self, leaves, groups):
+  @staticmethod
+  def _vectors(leaves, groups):
     out = []
     for group in groups:
       if len(group) == 1:
@@ -213,149 +534,89 @@ class Step:
         out.append(jnp.concatenate([leaves[i].reshape(-1) for i in group]))
     return out
 
-  def _scatter(self, out, groups, vectors):
+  @staticmethod
+  def _scatter(out, plan, groups, vectors):
+    out = list(out)
     for group, vec in zip(groups, vectors, strict=True):
       offset = 0
       for i in group:
-        n = math.prod(self.plan.shapes[i])
-        out[i] = vec[offset : offset + n].reshape(self.plan.shapes[i])
+        n = math.prod(plan.shapes[i])
+        out[i] = vec[offset : offset + n].reshape(plan.shapes[i])
         offset += n
     return out
 
   # -- the two branches -----------------------------------------------------------------------
 
-  def _dense(self, messages, server_error, plain=False):
-    dtypes = self.plan.dtypes
-    local = [m.astype(t).astype(jnp.float32) for m, t in zip(messages, dtypes, strict=True)]
+  def _dense(self, leaves, server_error=None, *, plan, specs):
+    """(local, [aggregate per spec], server error): the float32 mean of the leaves, sent in
+    their dtype and averaged by one float32 all-reduce per spec."""
+    local = [x.astype(t).astype(jnp.float32) for x, t in zip(leaves, plan.dtypes, strict=True)]
     if self.axis_name is None:
-      return local, local, None, server_error
-    mean, plain_mean = self._dense_mean(local, range(len(local)), plain)
-    return local, mean, plain_mean, server_error
+      return local, [local for _ in specs], server_error
+    return local, self._dense_means(local, plan, range(len(local)), specs), server_error
 
-  def _dense_mean(self, values, indices, plain=False):
-    """(the participation-weighted float32 mean of dense leaves (one all-reduce), and with
-    ``plain`` the participants' plain mean (a second all-reduce), else None)."""
+  def _dense_means(self, values, plan, indices, specs):
     indices = tuple(indices)
     if not indices:
-      return list(values), (list(values) if plain else None)
-    vecs = [values[i].reshape(-1) for i in indices]
-    result = _collectives.exchange(
-      [jnp.concatenate(vecs)],
+      return [list(values) for _ in specs]
+    vec = jnp.concatenate([values[i].reshape(-1) for i in indices])
+    means, _, _ = _collectives.exchange_specs(
+      [vec],
       [jnp.float32],
       _quantization.identity(),
       self.axis_name,
       method="psum",
       key=None,
-      mask=self.participating,
-      probability=self.probability,
-      weights=self.weights,
-      plain=plain,
+      specs=specs,
+      fn=self.fn,
     )
-    mean = self._scatter(list(values), (indices,), result[0])
-    return mean, (self._scatter(list(values), (indices,), result[3]) if plain else None)
+    return [self._scatter(values, plan, (indices,), m) for m in means]
 
-  def _compressed(self, messages, server_error, plain=False):
-    plan = self.plan
+  def _compressed(self, compressor, plan, specs, key, method, leaves, server_error):
     dtypes = [plan.group_dtype(g) for g in plan.groups]
-    vectors = self._vectors(messages, plan.groups)
-    local, _, _, _ = self._dense(messages, None)  # dense leaves; compressed ones overwritten
+    vectors = [v.astype(jnp.float32) for v in self._vectors(leaves, plan.groups)]
+    local = [x.astype(t).astype(jnp.float32) for x, t in zip(leaves, plan.dtypes, strict=True)]
     if self.axis_name is None:
       locals_ = []
       for g, (v, t) in enumerate(zip(vectors, dtypes, strict=True)):
-        key = None if self.key is None else jax.random.fold_in(self.key, g)
-        locals_.append(self.compressor.compress(v.astype(t), key=key).astype(jnp.float32))
-      local = self._scatter(local, plan.groups, locals_)
-      return local, local, None, server_error
+        gkey = None if key is None else jax.random.fold_in(key, g)
+        locals_.append(compressor.compress(v.astype(t), key=gkey).astype(jnp.float32))
+      local = self._scatter(local, plan, plan.groups, locals_)
+      return local, [local for _ in specs], server_error
     errors = None if server_error is None else self._vectors(server_error, plan.groups)
-    result = _collectives.exchange(
+    means, locals_, errors = _collectives.exchange_specs(
       vectors,
       dtypes,
-      self.compressor,
+      compressor,
       self.axis_name,
-      method=self.method,
-      key=self.key,
-      mask=self.participating,
-      probability=self.probability,
-      weights=self.weights,
+      method=method,
+      key=key,
+      specs=specs,
       server_errors=errors,
       fn=self.fn,
-      plain=plain,
     )
-    means, locals_, errors = result[:3]
-    mean, plain_mean = self._dense_mean(local, plan.dense, plain)
-    mean = self._scatter(mean, plan.groups, means)
-    if plain:
-      plain_mean = self._scatter(plain_mean, plan.groups, result[3])
-    local = self._scatter(local, plan.groups, locals_)
+    dense = self._dense_means(local, plan, plan.dense, specs)
+    out = [self._scatter(d, plan, plan.groups, m) for d, m in zip(dense, means, strict=True)]
+    local = self._scatter(local, plan, plan.groups, locals_)
     if server_error is not None:
-      server_error = self._scatter(list(server_error), plan.groups, errors)
-    return local, mean, plain_mean, server_error
+      server_error = self._scatter(server_error, plan, plan.groups, errors)
+    return local, out, server_error
 
-  def exchange(self, messages: list[jax.Array], *, plain: bool = False):
-    """(this worker's decoded message C(m), the aggregate over workers), float32 lists.
+  # -- bits -------------------------------------------------------------------------------------
 
-    During warm-up both are the dense message. The server error (two_stage) is updated in
-    ``self.server_error``. An algorithm may exchange several times per step (each exchange
-    counts its bits); two_stage's one server error allows a single exchange.
+  def bits(self, bits: _bits.BitCount, sent=None) -> _bits.BitCount:
+    """The state's `BitCount` plus this step's bits (zero where ``sent`` is False)."""
 
-    With ``plain=True`` it returns (C(m), aggregate, plain mean) with the plain mean the
-    participants' unweighted (1/n) sum_{i in S} C(m_i) of the same messages: what moves a
-    server estimate that must stay the mean of the workers' estimates when the aggregate is
-    importance-weighted (``probability``). Otherwise (no weights, or explicit ``weights``,
-    whose expectation only the caller knows) the aggregate is returned twice, at no cost. With
-    importance weights the plain mean comes from the
-    same exchange: free under all_gather (a second weighted sum of the gathered payloads),
-    a second all-reduce under psum and for the dense leaves (counted in the bits, see
-    `Plan.bits_plain`); two_stage and majority_vote refuse it with a ValueError.
-    """
-    if self.exchanges and self.server_error is not None:
-      raise ValueError(
-        f"{self.fn}: method='two_stage' keeps one server error per step, so an algorithm that "
-        "exchanges more than once per step cannot use it; use method='all_gather'"
-      )
-    separate = plain and self.reweighted and self.axis_name is not None
-    if separate:
-      _collectives.check_plain(self.fn, self.method)
-      self.plain_exchanges += 1
-    self.exchanges += 1
-    err = self.server_error
-    if self.compressing is None:
-      local, mean, plain_mean, err = self._compressed(messages, err, separate)
-    else:
-      local, mean, plain_mean, err = jax.lax.cond(
-        self.compressing,
-        functools.partial(self._compressed, plain=separate),
-        functools.partial(self._dense, plain=separate),
-        messages,
-        err,
-      )
-    self.server_error = err
-    if not plain:
-      return local, mean
-    return local, mean, (plain_mean if separate else mean)
-
-  def bits(self, bits: _bits.BitCount) -> _bits.BitCount:
     def count(compressed: int, dense: int):
       step = jnp.asarray(_bits._words(compressed))
       if self.compressing is not None:
         step = jnp.where(self.compressing, step, jnp.asarray(_bits._words(dense)))
-      if self.participating is not None:
-        step = jnp.where(self.participating, step, jnp.zeros_like(step))
+      if sent is not None:
+        step = jnp.where(sent, step, jnp.zeros_like(step))
       return step
 
-    k, p = self.exchanges, self.plain_exchanges
-    server = None
-    if self.plan.bits_server is not None:
-      # a dense warm-up step is one all-reduce: no server sends anything
-      server = count(k * self.plan.bits_server, 0)
-    compressed = k * self.plan.bits_compressed + p * self.plan.bits_plain
-    return _bits.bits_add(bits, count(compressed, (k + p) * self.plan.bits_dense), server)
-
-  def where_compressing(self, compressed, dense):
-    """Selects a value by the step's branch (``compressed`` when there is no warm-up)."""
-    if self.compressing is None:
-      return compressed
-    return jnp.where(self.compressing, compressed, dense)
+    server = count(self._bits["server"], 0) if self._has_server else None
+    return _bits.bits_add(bits, count(self._bits["compressed"], self._bits["dense"]), server)
 
 
 def _may_warm_up(start_step) -> bool:
@@ -377,75 +638,173 @@ def flatten(tree):
   return [jnp.asarray(x) for x in leaves], treedef
 
 
-# -- the skeleton every transformation shares --------------------------------------------------
+# -- the protocol of an algorithm ------------------------------------------------------------
 
-# An algorithm's step: (step, updates as float32 leaves, state fields as dicts of leaf lists)
-# -> (float32 output leaves, new state fields).
-Algorithm = Any
+# The skeleton's fields of a state class: required, and optional (used where present).
+REQUIRED_FIELDS = ("count", "rng_key", "bits")
+OPTIONAL_FIELDS = ("server_error", "nonfinite", "signature")
+_INIT_TAG = 0x1A17  # folded into the seed's key for init: independent of the step keys
+
+
+@runtime_checkable
+class Algorithm(Protocol):
+  """What an algorithm of the open step provides (`from_algorithm` builds the transformation).
+
+  ``init(params, key)`` returns the initial value of each of the algorithm's state fields
+  (every field of the state class that is not the skeleton's), any pytrees of any shapes;
+  ``key`` is the same on every worker, so random starts are shared (PowerSGD's Q).
+
+  ``step(step, updates, fields)`` gets the `Step`, this worker's updates (a float32 pytree)
+  and its fields (a dict of the stored pytrees); it calls ``step.mean`` once or more and
+  returns (the output pytree, shaped like the updates, and the dict of new fields).
+  """
+
+  def init(self, params: optax.Params, key: jax.Array) -> Mapping[str, Any]: ...
+
+  def step(
+    self, step: Step, updates: Any, fields: Mapping[str, Any]
+  ) -> tuple[Any, Mapping[str, Any]]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FunctionAlgorithm:
+  """An `Algorithm` from two functions (``init`` defaults to float32 zeros like the params
+  for every field)."""
+
+  step_fn: Callable
+  init_fn: Callable | None = None
+  fields: tuple[str, ...] = ()
+
+  def init(self, params, key):
+    if self.init_fn is not None:
+      return self.init_fn(params, key)
+    zeros = optax.tree.zeros_like(params, dtype=jnp.float32)
+    return {name: zeros for name in self.fields}
+
+  def step(self, step, updates, fields):
+    return self.step_fn(step, updates, fields)
+
+
+def algorithm_fields(fn: str, state_cls: type) -> tuple[str, ...]:
+  """The algorithm's field names of ``state_cls`` (its fields less the skeleton's)."""
+  names = getattr(state_cls, "_fields", None)
+  if names is None:
+    raise TypeError(f"{fn}: the state class must be a NamedTuple, got {state_cls!r}")
+  missing = [f for f in REQUIRED_FIELDS if f not in names]
+  if missing:
+    raise TypeError(
+      f"{fn}: the state class {state_cls.__name__} lacks the skeleton's fields {missing} "
+      f"(it needs {list(REQUIRED_FIELDS)}, and optionally {list(OPTIONAL_FIELDS)})"
+    )
+  return tuple(f for f in names if f not in REQUIRED_FIELDS + OPTIONAL_FIELDS)
 
 
 PARTICIPATION = ("mean", "sum_over_n")
+NONFINITE = _options.NONFINITE
 
 
-def transformation(
+def from_algorithm(
   fn: str,
   state_cls: type,
   algorithm: Algorithm,
-  compressor: _base.Compressor,
+  compressor: _base.Compressor | None,
   options: _options.Options,
   *,
-  worker_fields: Sequence[str] = (),
-  server_fields: Sequence[str] = (),
-  contractive: bool,
-  participation: str,
+  shared: Sequence[str] = (),
+  contractive: bool = False,
+  participation: str = "mean",
   dense_first_step: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
-  """Builds a transformation whose state is ``state_cls(count, rng_key, <worker fields>,
-  <server fields>, server_error, bits)`` (the field order is the state class's).
+  """Builds the transformation of ``algorithm`` on the open step.
 
-  Every field is a float32 pytree shaped like the updates, zero at initialisation. Worker
-  fields (errors, estimates, shifts of worker i) are kept unchanged when the worker does not
-  participate; server fields (the server's mean estimate, identical on every worker) are
-  updated by everyone. ``algorithm(step, u, fields) -> (out, new fields)`` receives the
-  updates as float32 leaves and the fields as ``{name: leaves}``, and calls
-  ``step.exchange(messages)`` once or more (each exchange sends and counts its bits).
+  The state is ``state_cls(count, rng_key, <the algorithm's fields>, [server_error], bits,
+  [nonfinite], [signature])`` in the class's field order: the skeleton's fields (``count``,
+  ``rng_key``, ``bits`` required; ``server_error`` for ``method="two_stage"``,
+  ``nonfinite`` for ``nonfinite="skip"``, ``signature`` for the shape checks, where the
+  class has them) and every other field the algorithm's, initialised by
+  ``algorithm.init(params, key)``. Fields in ``shared`` are the same on every worker and
+  updated by all; the others are kept by a worker that does not take part in the step.
 
-  The aggregate of an exchange is sum_i w_i C_i with per-worker weights: explicit ones given
-  to ``update(..., weights=w_i)`` (e.g. a gradient code's decoding coefficients), else
-  derived from ``participating`` / ``probability`` by ``participation``: ``"mean"`` gives
-  the mean over the participants S (or the unbiased (1/n) sum_S C_i / p_i with
-  probabilities); ``"sum_over_n"`` gives (1/n) sum_S c_i (or (1/n) sum_S c_i / p_i), so a
-  server estimate moved by it stays the mean of the workers' estimates. The options are
-  checked here, when the factory runs; ``dense_first_step`` makes the first step dense
-  whatever ``start_step`` is.
+  Each step gives ``algorithm.step`` a `Step` and the float32 updates; each ``step.mean`` is
+  one exchange. The aggregate's default weights (``step.weights``) are explicit ones given
+  to ``update(..., weights=w_i)`` (a gradient code's decoding coefficients), else derived
+  from ``participating`` / ``probability`` by ``participation``: ``"mean"`` gives the mean
+  over the participants S (or the unbiased (1/n) sum_S C_i / p_i with probabilities);
+  ``"sum_over_n"`` gives (1/n) sum_S c_i (or (1/n) sum_S c_i / p_i), so a server estimate
+  moved by it stays the mean of the workers' estimates. ``step.state_weights`` is the
+  weighting that keeps a server estimate unbiased: the plain (1/n) sum_S under importance
+  weights, ``expected_weights`` c_i 1{i in S} when ``update`` is given them with explicit
+  weights (`biased_compression.coding.coded` does), else ``step.weights`` itself.
+
+  ``contractive`` refuses, at the first update, a compressor outside B3 (error feedback);
+  ``dense_first_step`` makes the first step dense whatever ``start_step`` is. The options
+  are checked here, when the factory runs.
   """
-  options.check(fn, compressor)
+  if compressor is not None:
+    options.check(fn, compressor)
+  else:
+    options.check(fn, _quantization.identity())
   if participation not in PARTICIPATION:
     raise ValueError(f"{fn}: participation must be one of {PARTICIPATION}, got {participation!r}")
-  fields = tuple(worker_fields) + tuple(server_fields)
-  seed, axis_name, scope = options.seed, options.axis_name, options.scope
-  start_step, min_size, method = options.start_step, options.min_size, options.method
+  if not isinstance(algorithm, Algorithm):
+    raise TypeError(f"{fn}: algorithm must have init(params, key) and step(...), got {algorithm!r}")
+  fields = algorithm_fields(fn, state_cls)
+  unknown = [f for f in shared if f not in fields]
+  if unknown:
+    raise ValueError(f"{fn}: shared fields {unknown} are not fields of {state_cls.__name__}")
+  names = state_cls._fields
+  seed, axis_name = options.seed, options.axis_name
+  start_step, nonfinite = options.start_step, options.nonfinite
   dense_axis_name = options.dense_axis_name
   if dense_first_step:
     start_step = _at_least_one(start_step)
-  needs_server_error = axis_name is not None and method == "two_stage"
-  has_server = axis_name is not None and method in _SERVER_METHODS
+  needs_server_error = axis_name is not None and options.method == "two_stage"
+  has_server = axis_name is not None and options.method in _SERVER_METHODS
+  for needed, why in (
+    ("server_error", needs_server_error and "method='two_stage'"),
+    ("nonfinite", nonfinite == "skip" and "nonfinite='skip'"),
+  ):
+    if why and needed not in names:
+      raise ValueError(f"{fn}: {why} needs a field {needed!r} in {state_cls.__name__}")
+  worker_fields = tuple(f for f in fields if f not in shared)
 
   def init_fn(params):
-    zeros = optax.tree.zeros_like(params, dtype=jnp.float32)
+    init_key = jax.random.fold_in(new_key(seed), _INIT_TAG)
+    values = dict(algorithm.init(params, init_key))
+    if sorted(values) != sorted(fields):
+      raise ValueError(
+        f"{fn}: algorithm.init returned fields {sorted(values)}, but {state_cls.__name__} "
+        f"has {sorted(fields)}"
+      )
+    extra = {}
+    if "server_error" in names:
+      extra["server_error"] = (
+        optax.tree.zeros_like(params, dtype=jnp.float32) if needs_server_error else ()
+      )
+    if "nonfinite" in names:
+      extra["nonfinite"] = jnp.zeros([], jnp.int32) if nonfinite == "skip" else ()
+    if "signature" in names:
+      extra["signature"] = signature_of(params)
     return state_cls(
       count=jnp.zeros([], jnp.int32),
       rng_key=new_key(seed),
-      **{name: zeros for name in fields},
-      server_error=zeros if needs_server_error else (),
+      **values,
+      **extra,
       bits=_bits.bits_init(server=has_server),
     )
 
   def update_fn(
-    updates, state, params=None, *, participating=None, probability=None, weights=None, **extra
+    updates,
+    state,
+    params=None,
+    *,
+    participating=None,
+    probability=None,
+    weights=None,
+    expected_weights=None,
+    **extra,
   ):
     del params, extra
-    _record_axis(axis_name)
     _options.check_worker_state(fn, state, axis_name)
     for name in (axis_name, dense_axis_name):
       if name is not None:
@@ -457,54 +816,150 @@ def transformation(
       )
     if weights is not None and probability is not None:
       raise ValueError(f"{fn}: give weights or probability, not both")
+    if expected_weights is not None and weights is None:
+      raise ValueError(f"{fn}: expected_weights (E[w_i 1{{i in S}}]) go with weights=")
     leaves, treedef = flatten(updates)
     _options.check_dtypes(fn, updates, leaves)
+    signature = getattr(state, "signature", ())
+    if isinstance(signature, Signature):
+      check_signature(fn, signature, updates, axis_name)
     if dense_axis_name is not None:
       # hierarchical: the fast axis is reduced first, uncompressed, in float32
       means = jax.lax.pmean(optax.tree.cast(leaves, jnp.float32), dense_axis_name)
       leaves = [m.astype(x.dtype) for m, x in zip(means, leaves, strict=True)]
+    finite = None
+    if nonfinite == "skip":
+      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+      leaves = [jnp.where(finite, x, jnp.zeros_like(x)) for x in leaves]
+      if axis_name is not None:
+        participating = finite if participating is None else participating & finite
     workers = None if axis_name is None else int(jax.lax.axis_size(axis_name))
-    plan = make_plan(compressor, scope, min_size, leaves, method, workers)
-    if contractive:
+    if contractive and compressor is not None:
+      plan = make_plan(compressor, options.scope, options.min_size, leaves, options.method, workers)
       for group in plan.groups:
         _options.check_contractive(fn, compressor, plan.group_size(group))
     # Static (which arguments were given): whether the aggregate's weights differ from the
-    # participants' plain 1/n, so that an algorithm asking for the plain mean gets it apart.
-    # Explicit weights (a gradient code's decoding vector) are not: their expectation, which
-    # a server estimate would need, is the caller's (see `diana`).
+    # ones that keep a server estimate the (expected-weight) mean of the workers' estimates.
     reweighted = probability is not None or (participating is not None and participation == "mean")
     if participating is not None:
       participating = jnp.asarray(participating, jnp.bool_)
       if participation == "sum_over_n" and probability is None and weights is None:
         probability = 1.0
+    weighting = state_weighting = None
+    if axis_name is not None:
+      weighting = Weighting(
+        *_collectives.weight_spec(axis_name, participating, probability, weights)
+      )
+      state_weighting = weighting
+      if expected_weights is not None:
+        c = jnp.asarray(expected_weights, jnp.float32)
+        if participating is not None:
+          c = jnp.where(participating, c, 0.0)
+        state_weighting = Weighting(c, None)
+      elif reweighted:
+        state_weighting = Weighting(*_collectives.plain_spec(axis_name, participating))
     next_key, step_key = split_key(state.rng_key)
     step = Step(
       compressor,
-      plan,
+      options,
       step_key,
       state.count,
       start_step,
       axis_name,
-      method=method,
+      leaves,
       participating=participating,
-      probability=probability,
-      weights=weights,
+      weights=weighting,
+      state_weights=state_weighting,
       server_error=flatten(state.server_error)[0] if needs_server_error else None,
+      has_server=has_server,
       fn=fn,
-      reweighted=reweighted,
     )
-    old = {name: flatten(getattr(state, name))[0] for name in fields}
-    out, new = algorithm(step, optax.tree.cast(leaves, jnp.float32), old)
-    if participating is not None:
-      for name in worker_fields:
-        new[name] = optax.tree.where(participating, new[name], old[name])
+    old = {name: getattr(state, name) for name in fields}
+    u = treedef.unflatten(optax.tree.cast(leaves, jnp.float32))
+    out, new = algorithm.step(step, u, dict(old))
+    new = dict(new)
+    if sorted(new) != sorted(fields):
+      raise ValueError(
+        f"{fn}: algorithm.step returned fields {sorted(new)}, but {state_cls.__name__} has "
+        f"{sorted(fields)}"
+      )
+    # a worker that does not take part keeps its own fields (on one worker: a skipped step)
+    keep = participating if axis_name is not None else finite
+    if keep is not None:
+      for name in worker_fields if axis_name is not None else fields:
+        new[name] = optax.tree.where(keep, new[name], old[name])
+    if axis_name is None and finite is not None:
+      out = optax.tree.where(finite, out, optax.tree.zeros_like(out))
+    extra_fields = {}
+    if "server_error" in names:
+      extra_fields["server_error"] = (
+        treedef.unflatten(step.server_error) if needs_server_error else ()
+      )
+    if "nonfinite" in names:
+      extra_fields["nonfinite"] = (
+        state.nonfinite + (~finite).astype(jnp.int32) if finite is not None else state.nonfinite
+      )
+    if "signature" in names:
+      extra_fields["signature"] = state.signature
     new_state = state_cls(
       count=optax.safe_increment(state.count),
       rng_key=next_key,
-      **{name: treedef.unflatten(new[name]) for name in fields},
-      server_error=treedef.unflatten(step.server_error) if needs_server_error else (),
-      bits=step.bits(state.bits),
+      **new,
+      **extra_fields,
+      bits=step.bits(state.bits, keep),
     )
-    return optax.tree.cast_like(treedef.unflatten(out), treedef.unflatten(leaves)), new_state
+    out_leaves = jax.tree.leaves(out)
+    return (
+      optax.tree.cast_like(treedef.unflatten(out_leaves), treedef.unflatten(leaves)),
+      new_state,
+    )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def transformation(
+  fn: str,
+  state_cls: type,
+  algorithm: Callable,
+  compressor: _base.Compressor,
+  options: _options.Options,
+  *,
+  worker_fields: Sequence[str] = (),
+  server_fields: Sequence[str] = (),
+  contractive: bool,
+  participation: str,
+  dense_first_step: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+  """A transformation from a step function on float32 leaf lists (the first skeleton's form).
+
+  ``algorithm(step, u, fields) -> (out, new fields)`` receives the updates as a list of
+  float32 leaves and the fields as ``{name: leaves}``, every field a float32 pytree shaped
+  like the updates, zero at initialisation; it calls ``step.exchange(messages)`` once or
+  more. Worker fields are per worker, server fields shared (see `from_algorithm`, the open
+  form, for fields of any shape and several kinds of exchange).
+  """
+  names = tuple(worker_fields) + tuple(server_fields)
+  fields = algorithm_fields(fn, state_cls)
+  if sorted(fields) != sorted(names):
+    raise ValueError(
+      f"{fn}: {state_cls.__name__} has the fields {sorted(fields)}, but worker_fields + "
+      f"server_fields name {sorted(names)}"
+    )
+
+  def step_fn(step, u, state):
+    leaves, treedef = jax.tree.flatten(u)
+    old = {name: jax.tree.leaves(state[name]) for name in names}
+    out, new = algorithm(step, leaves, old)
+    return treedef.unflatten(list(out)), {k: treedef.unflatten(list(v)) for k, v in new.items()}
+
+  return from_algorithm(
+    fn,
+    state_cls,
+    FunctionAlgorithm(step_fn, fields=names),
+    compressor,
+    options,
+    shared=tuple(server_fields),
+    contractive=contractive,
+    participation=participation,
+    dense_first_step=dense_first_step,
+  )
