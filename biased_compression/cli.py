@@ -20,6 +20,8 @@ Subcommands:
   experiments runner against the bare compiled step and per-worker Python loops.
 * ``bench coco [--workers 100,1000] [--dim 100] [--p 0.3] [--d 2] [--compressor top_k:0.05]
   ... [--json PATH]``: one COCO-EF step of the library against per-worker Python loops.
+* ``bench powersgd [--sizes 2^20,2^22,2^24] [--ranks 1,2,4] [--workers 8] [--gbits 10] ...
+  [--json PATH]``: PowerSGD's compute per step against a memory pass and a dense all-reduce.
 * ``bench collectives [--dim 2^20] [--workers 2,4,...] [--model-params 1e8] ... [--json PATH]``:
   bytes and time of the compressed all-reduce, and a modelled step on a slow network.
 
@@ -323,6 +325,24 @@ def _cmd_bench_runner(args: argparse.Namespace, argv: Sequence[str]) -> int:
   return 0
 
 
+def _cmd_bench_powersgd(args: argparse.Namespace, argv: Sequence[str]) -> int:
+  from biased_compression.bench import _powersgd
+
+  rows = _powersgd.bench_powersgd(
+    args.sizes,
+    args.ranks,
+    workers=args.workers,
+    gbits=args.gbits,
+    latency_us=args.latency_us,
+    repeats=args.repeats,
+  )
+  print(_powersgd.powersgd_table(rows))
+  if args.json is not None:
+    _timing.write_record(args.json, rows, argv)
+    print(f"wrote {args.json}")
+  return 0
+
+
 def _cmd_bench_coco(args: argparse.Namespace, argv: Sequence[str]) -> int:
   from biased_compression.bench import _coco
 
@@ -440,6 +460,7 @@ examples:
   biased-compression compare --workers 16 --steps 500 --out results/
   biased-compression compare --methods 'gd;ef:top_k(0.05);ef21:top_k(0.05);dcgd:sign()'
   biased-compression compare --libsvm a9a.txt --lrs 0.1,0.3,1
+  biased-compression compare --task mlp --methods 'gd;powersgd:2;ef:top_k(0.01)'
 """
 
 
@@ -460,7 +481,10 @@ def _methods(text: str) -> tuple[tuple[str, str | None], ...]:
       raise argparse.ArgumentTypeError(f"{part!r}: {algorithm} needs ':COMPRESSOR'")
     if spec is not None:
       try:
-        _registry.parse_compressor(spec)
+        if algorithm == "powersgd":
+          experiments.powersgd_rank(spec)
+        else:
+          _registry.parse_compressor(spec)
       except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     out.append((algorithm, spec))
@@ -769,7 +793,8 @@ def build_parser() -> argparse.ArgumentParser:
     default=None,
     metavar="ALG[:C];...",
     help="methods as ALGORITHM[:COMPRESSOR] separated by ';' (algorithms: gd, dcgd, ef, "
-    "ef21, ef21_sgdm, econtrol, diana; compressors as bc.parse_compressor reads them); "
+    "ef21, ef21_sgdm, econtrol, diana, powersgd (its rank as the compressor: powersgd:2); "
+    "compressors as bc.parse_compressor reads them); "
     "default: GD, every compressor family without and with error feedback, EF21, the "
     "induced compressor with and without DIANA, DSignSGD",
   )
@@ -960,6 +985,38 @@ def build_parser() -> argparse.ArgumentParser:
   br.add_argument("--seed", type=_non_negative_int, default=0, help="seed (default: 0)")
   br.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
   br.set_defaults(func=_cmd_bench_runner, parser=br)
+
+  bp = bench_commands.add_parser(
+    "powersgd",
+    help="PowerSGD's compute per step against a dense all-reduce, and the bits",
+    description="For one matrix of each --sizes and each --ranks: one worker's PowerSGD "
+    "step without its communication (the factors, two Gram-Schmidt orthogonalisations, "
+    "the error), one memory pass over the matrix, the dense float32 all-reduce over the "
+    "local devices (with 2 or more), the bits against dense, and the modelled ring "
+    "all-reduce time of both on n workers at --gbits.",
+  )
+  bp.add_argument(
+    "--sizes",
+    type=_sizes,
+    default=(1 << 20, 1 << 22, 1 << 24),
+    metavar="D,D,...",
+    help=f"parameters per matrix, each {_SIZES_SYNTAX} (default: 2^20,2^22,2^24)",
+  )
+  bp.add_argument(
+    "--ranks",
+    type=_workers_list,
+    default=(1, 2, 4),
+    metavar="R,R,...",
+    help="ranks (default: 1,2,4)",
+  )
+  bp.add_argument("--workers", type=_positive_int, default=8, help="modelled n (default: 8)")
+  bp.add_argument("--gbits", type=float, default=10.0, help="modelled link, Gbit/s (default: 10)")
+  bp.add_argument(
+    "--latency-us", type=float, default=10.0, help="modelled latency per message, us (default: 10)"
+  )
+  bp.add_argument("--repeats", type=_positive_int, default=5, help=_REPEATS_HELP)
+  bp.add_argument("--json", default=None, metavar="PATH", help=_JSON_HELP)
+  bp.set_defaults(func=_cmd_bench_powersgd, parser=bp)
 
   bo = bench_commands.add_parser(
     "coco",

@@ -204,7 +204,7 @@ def test_views_and_the_dense_rule():
   assert np.isfinite(np.asarray(q)).all()
 
 
-def _least_squares(rank, error_feedback, steps=150, lr=0.3):
+def _least_squares(rank, error_feedback, steps=150, lr=0.3, alternate=False):
   """Matrix least squares: worker i minimises ||X_i W - Y_i||^2 / (2 m), W 20 x 10, and a
   common optimum W* of rank 6; returns the final distance ||W - W*|| / ||W*||."""
   rng = np.random.default_rng(0)
@@ -216,7 +216,10 @@ def _least_squares(rank, error_feedback, steps=150, lr=0.3):
   def grad(w):
     return jax.vmap(lambda x, y: x.T @ (x @ w - y) / x.shape[0])(xs, ys)
 
-  tx = optax.chain(optax.sgd(lr), bc.powersgd(rank, axis_name="w", error_feedback=error_feedback))
+  tx = optax.chain(
+    optax.sgd(lr),
+    bc.powersgd(rank, axis_name="w", error_feedback=error_feedback, alternate=alternate),
+  )
   workers = _workers(tx)
   w = jnp.zeros((20, 10))
   state = workers.init(w)
@@ -245,6 +248,26 @@ def test_training_matrix_least_squares_with_and_without_error_feedback():
   assert with_ef[1] < 2e-3 and with_ef[2] < 1e-5 and with_ef[4] < 1e-5, with_ef
   for r in (1, 2):
     assert without[r] > 2 * with_ef[r], (with_ef, without)
+
+
+def test_the_one_collective_variant_alternates_the_factors_and_converges():
+  """alternate=True: one all-reduce a step, of P (rows x r) then of Q (cols x r); on the
+  least-squares task it converges at lr = 0.1 (measured: rank 1 1.8e-4, rank 2 2.7e-7 after
+  300 steps; the two-collective form 2e-7, 3e-7) and diverges at 0.3."""
+  params = {"w": jnp.zeros((16, 12)), "b": jnp.zeros(5)}
+  workers = _workers(bc.powersgd(2, axis_name="w", alternate=True, start_step=1))
+  state = workers.init(params)
+  g = jax.tree.map(lambda p: jnp.ones((N, *p.shape)), params)
+  bits = []
+  for _ in range(4):
+    _, state = jax.jit(workers.update)(g, state)
+    bits.append(int(bc.bits_sent(state, last_step=True)[0]))
+  assert bits == [32 * (192 + 5), 32 * (16 * 2 + 5), 32 * (12 * 2 + 5), 32 * (16 * 2 + 5)]
+  assert _least_squares(2, True, steps=300, lr=0.1, alternate=True) < 1e-5
+  assert _least_squares(1, True, steps=300, lr=0.1, alternate=True) < 1e-3
+  assert _least_squares(2, True, steps=150, lr=0.3, alternate=True) > 1.0
+  with pytest.raises(ValueError, match="needs warm_start=True"):
+    bc.powersgd(2, alternate=True, warm_start=False)
 
 
 @pytest.mark.slow

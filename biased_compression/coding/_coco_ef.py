@@ -98,20 +98,22 @@ class Decoder:
     if stragglers is None:
       return None
     n = self.code.num_workers
-    if self.decoding == "sgc":
-      q = stragglers.straggling_probabilities(n)
-      return (1.0 - q) * np.asarray(self.sgc(), np.float64)
-    if stragglers.kind != "iid":
-      return np.asarray(self.weights(stragglers.alive(jax.random.PRNGKey(0), n)), np.float64)
     q = stragglers.straggling_probabilities(n)
-    if n <= 12:
-      sets = (np.arange(1 << n)[:, None] >> np.arange(n)) & 1
-      prob = np.prod(np.where(sets == 1, 1.0 - q, q), axis=1)
-      w = np.asarray(jax.jit(jax.vmap(self.weights))(jnp.asarray(sets, jnp.bool_)), np.float64)
-      return prob @ w
-    keys = jax.random.split(jax.random.PRNGKey(_STRAGGLER_TAG), EXPECTATION_DRAWS)
-    draw = jax.jit(jax.vmap(lambda k: self.weights(stragglers.alive(k, n))))
-    return np.asarray(draw(keys), np.float64).mean(axis=0)
+    if self.decoding == "sgc":
+      return (1.0 - q) * _codes.sgc_weights(self.code, self.p) / self.code.num_parts
+    # concrete even when `coded` is built inside a trace (the runner builds it under jit)
+    with jax.ensure_compile_time_eval():
+      if stragglers.kind != "iid":
+        alive = jnp.asarray(q == 0.0)
+        return np.asarray(self.weights(alive), np.float64)
+      if n <= 12:
+        sets = (np.arange(1 << n)[:, None] >> np.arange(n)) & 1
+        prob = np.prod(np.where(sets == 1, 1.0 - q, q), axis=1)
+        w = np.asarray(jax.vmap(self.weights)(jnp.asarray(sets, jnp.bool_)), np.float64)
+        return prob @ w
+      keys = jax.random.split(jax.random.PRNGKey(_STRAGGLER_TAG), EXPECTATION_DRAWS)
+      draws = jax.vmap(lambda k: self.weights(stragglers.alive(k, n)))(keys)
+      return np.asarray(draws, np.float64).mean(axis=0)
 
   def weights(self, alive: jax.Array) -> jax.Array:
     code = self.code

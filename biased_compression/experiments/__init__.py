@@ -25,6 +25,7 @@ from biased_compression.experiments._config import CODES
 from biased_compression.experiments._config import RunConfig
 from biased_compression.experiments._config import make_code
 from biased_compression.experiments._config import make_transformation
+from biased_compression.experiments._config import powersgd_rank
 from biased_compression.experiments._data import Dataset
 from biased_compression.experiments._data import bundled
 from biased_compression.experiments._data import load_idx
@@ -74,6 +75,7 @@ __all__ = [
   "make_code",
   "make_task",
   "make_transformation",
+  "powersgd_rank",
   "mlp_classification",
   "mnist1d",
   "quadratic",

@@ -31,6 +31,8 @@ ALGORITHMS = {
   "ef21_sgdm": "EF21 with momentum (EF21-SGDM)",
   "econtrol": "EControl: error feedback with strength eta (algorithm_options eta)",
   "diana": "DIANA: compressed differences to learned shifts, unbiased C",
+  "powersgd": "PowerSGD: rank-r factors by power iteration, error feedback, after the step "
+  "size (the 'compressor' is the rank r)",
 }
 AXIS = "workers"
 
@@ -62,7 +64,7 @@ class RunConfig:
     num_workers: n.
     algorithm: a name of `ALGORITHMS`.
     compressor: a spec for `biased_compression.parse_compressor` (``"top_k:0.1"``); None
-      for ``"gd"``.
+      for ``"gd"``; the rank (``"2"``) for ``"powersgd"``.
     lr: the step size.
     steps: the number of steps T.
     seed: the seed of the compressors' randomness and of the mini-batches.
@@ -100,7 +102,9 @@ class RunConfig:
       )
     if self.algorithm != "gd" and self.compressor is None:
       raise ValueError(f"RunConfig: algorithm {self.algorithm!r} needs a compressor spec")
-    if self.compressor is not None:
+    if self.algorithm == "powersgd":
+      object.__setattr__(self, "compressor", str(powersgd_rank(self.compressor)))
+    elif self.compressor is not None:
       # a spec that names a compressor, written as the operator prints itself
       object.__setattr__(self, "compressor", repr(bc.parse_compressor(self.compressor)))
     for name, low in (("num_workers", 1), ("steps", 1)):
@@ -133,6 +137,8 @@ class RunConfig:
       return "GD" + coded
     if self.algorithm == "ef" and self.code is not None:
       return f"COCO-EF {self.compressor}{coded}"
+    if self.algorithm == "powersgd":
+      return f"PowerSGD rank {self.compressor}{coded}"
     return f"{self.algorithm.upper()} {self.compressor}{coded}"
 
   def replace(self, **changes) -> RunConfig:
@@ -157,12 +163,20 @@ class RunConfig:
     return cls.from_dict(json.loads(text))
 
 
+def powersgd_rank(spec) -> int:
+  """The rank of a ``"powersgd"`` run's spec (``"2"``, ``"rank=2"`` or an int)."""
+  text = str(spec).strip().removeprefix("rank=")
+  if not text.isdigit() or int(text) < 1:
+    raise ValueError(f"RunConfig: powersgd needs its rank as the spec (e.g. '2'), got {spec!r}")
+  return int(text)
+
+
 def make_transformation(config: RunConfig, lr: Any = None) -> optax.GradientTransformation:
   """The Optax chain of ``config`` over the worker axis ``"workers"``.
 
   ``lr`` overrides ``config.lr`` (it may be traced: the runner maps a step-size grid).
-  Error feedback (``"ef"``) follows the step size, as analysed; the others compress the
-  gradients and are followed by ``optax.sgd``. ``"gd"`` is `bc.compress` with
+  Error feedback (``"ef"``) and ``"powersgd"`` follow the step size, as analysed; the others
+  compress the gradients and are followed by ``optax.sgd``. ``"gd"`` is `bc.compress` with
   `bc.identity` (so its bits are counted the same way, 32 per value). With a ``code`` the
   communicating transformation is wrapped by `biased_compression.coding.coded` with the
   straggler model ``coding.iid(stragglers)`` and the ``decoding`` (``"ef"`` is then
@@ -175,6 +189,8 @@ def make_transformation(config: RunConfig, lr: Any = None) -> optax.GradientTran
   algorithm = config.algorithm
   if algorithm == "gd":
     c = bc.identity()
+  elif algorithm == "powersgd":
+    c = None
   else:
     c = bc.parse_compressor(config.compressor)
   sgd = optax.sgd(lr)
@@ -198,4 +214,6 @@ def make_transformation(config: RunConfig, lr: Any = None) -> optax.GradientTran
   if algorithm == "econtrol":
     eta = options.pop("eta", 0.1)
     return optax.chain(wrap(bc.econtrol(c, eta, **options)), sgd)
+  if algorithm == "powersgd":
+    return optax.chain(sgd, wrap(bc.powersgd(powersgd_rank(config.compressor), **options)))
   return optax.chain(wrap(bc.diana(c, **options)), sgd)

@@ -299,9 +299,11 @@ class Step:
     self._server_used = False
     self._has_server = has_server
     self._updates = list(updates)  # the updates' leaves: their shapes and wire dtypes
+    self.start_step = start_step
     self._mode = "auto"  # "compressed" / "dense" inside `branch`
     # static bit counts of this step: if it compresses, if it is a warm-up step
     self._bits = {"compressed": 0, "dense": 0, "server": 0}
+    self._cond_bits = []  # (kind, predicate, bits if true, bits if false) of `cond`
 
   # -- what the algorithms read -------------------------------------------------------------
 
@@ -350,6 +352,31 @@ class Step:
       self._in_mode("dense", dense),
       *operands,
     )
+
+  def cond(self, pred, true_fn: Callable, false_fn: Callable, *operands):
+    """``jax.lax.cond`` whose branches may exchange: the bits of each branch count on the
+    steps it runs (e.g. PowerSGD's alternating variant: one factor one step, the other the
+    next). ``pred`` is read again when the step's bits are counted, after the algorithm
+    returns: compute it outside `branch` (from ``step.count``, say), not inside a branch."""
+    saved, counts = self._bits, {}
+
+    def run(fn, tag):
+      def inner(*args):
+        self._bits = dict.fromkeys(saved, 0)
+        try:
+          return fn(*args)
+        finally:
+          counts[tag] = self._bits
+
+      return inner
+
+    try:
+      out = jax.lax.cond(pred, run(true_fn, True), run(false_fn, False), *operands)
+    finally:
+      self._bits = saved
+    for kind in saved:
+      self._cond_bits.append((kind, pred, counts[True][kind], counts[False][kind]))
+    return out
 
   def _in_mode(self, mode, fn):
     def run(*args):
@@ -607,16 +634,25 @@ class Step:
   def bits(self, bits: _bits.BitCount, sent=None) -> _bits.BitCount:
     """The state's `BitCount` plus this step's bits (zero where ``sent`` is False)."""
 
-    def count(compressed: int, dense: int):
-      step = jnp.asarray(_bits._words(compressed))
+    def words(kind):
+      total = jnp.asarray(_bits._words(self._bits[kind]))
+      for k, pred, if_true, if_false in self._cond_bits:
+        if k == kind:
+          chosen = jnp.where(pred, _bits._words(if_true), _bits._words(if_false))
+          total = _bits._words_add(total, chosen)
+      return total
+
+    def count(compressed, dense):
+      step = compressed
       if self.compressing is not None:
-        step = jnp.where(self.compressing, step, jnp.asarray(_bits._words(dense)))
+        step = jnp.where(self.compressing, step, dense)
       if sent is not None:
         step = jnp.where(sent, step, jnp.zeros_like(step))
       return step
 
-    server = count(self._bits["server"], 0) if self._has_server else None
-    return _bits.bits_add(bits, count(self._bits["compressed"], self._bits["dense"]), server)
+    zero = jnp.zeros((2,), jnp.int32)
+    server = count(words("server"), zero) if self._has_server else None
+    return _bits.bits_add(bits, count(words("compressed"), words("dense")), server)
 
 
 def _may_warm_up(start_step) -> bool:
