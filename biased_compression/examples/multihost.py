@@ -109,6 +109,9 @@ class Config:
     learning_rate: the SGD step size (applied before error feedback).
     samples_per_device: rows of the data set on each device.
     seed: seed of the data, the initial parameters and the compressor's randomness.
+    rank: 0 for error feedback with ``compressor``; r >= 1 for PowerSGD of rank r instead
+      (`biased_compression.powersgd`: two float32 all-reduces of factors a step; compressor,
+      ratio and method are then unused).
   """
 
   steps: int = 50
@@ -118,6 +121,7 @@ class Config:
   learning_rate: float = 0.1
   samples_per_device: int = 64
   seed: int = 0
+  rank: int = 0
 
   def __post_init__(self):
     if self.compressor not in COMPRESSORS:
@@ -126,6 +130,8 @@ class Config:
       raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
     if self.steps < 1 or self.samples_per_device < 1:
       raise ValueError("steps and samples_per_device must be >= 1")
+    if self.rank < 0:
+      raise ValueError(f"rank must be >= 0 (0: error feedback), got {self.rank!r}")
     COMPRESSORS[self.compressor](self.ratio)  # fails here, not in every worker
     if self.method == "two_stage" and self.compressor in _SPARSIFIERS:
       # two_stage splits each leaf into one chunk per worker and keeps k / n per chunk; a
@@ -214,7 +220,12 @@ def loss_fn(params, x, y) -> jax.Array:
 
 
 def make_optimizer(config: Config) -> optax.GradientTransformation:
-  """EF-SGD: ``optax.sgd`` then error feedback across the ``"data"`` axis."""
+  """EF-SGD: ``optax.sgd`` then error feedback across the ``"data"`` axis (or PowerSGD)."""
+  if config.rank:
+    return optax.chain(
+      optax.sgd(config.learning_rate),
+      bc.powersgd(config.rank, axis_name=AXIS, seed=config.seed),
+    )
   compressor = COMPRESSORS[config.compressor](config.ratio)
   return optax.chain(
     optax.sgd(config.learning_rate),
@@ -610,6 +621,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--learning-rate", type=float, default=d.learning_rate)
   p.add_argument("--samples-per-device", type=int, default=d.samples_per_device)
   p.add_argument("--seed", type=int, default=d.seed)
+  p.add_argument(
+    "--rank", type=int, default=d.rank, help="PowerSGD of this rank instead of EF (default 0: EF)"
+  )
   p.add_argument("--timeout", type=float, default=300.0, help="seconds for the whole run")
   p.add_argument(
     "--compare",
@@ -625,10 +639,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _report(result: Result, config: Config, elapsed: float) -> None:
   n = result.num_devices
-  compressor = COMPRESSORS[config.compressor](config.ratio)
+  method = f"EF-SGD with {COMPRESSORS[config.compressor](config.ratio).name}"
+  method += f", method={config.method}"
+  if config.rank:
+    method = f"PowerSGD rank {config.rank}"
   print(
     f"{result.num_processes} processes x {n // result.num_processes} CPU devices = {n} "
-    f"workers; EF-SGD with {compressor.name}, method={config.method}, {config.steps} steps "
+    f"workers; {method}, {config.steps} steps "
     f"({elapsed:.1f} s)"
   )
   loss = result.loss
@@ -655,6 +672,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       learning_rate=args.learning_rate,
       samples_per_device=args.samples_per_device,
       seed=args.seed,
+      rank=args.rank,
     )
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
