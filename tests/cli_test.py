@@ -330,6 +330,7 @@ def test_help_of_every_subcommand_prints_cleanly(capsys):
       "(default: 100)",
     ],
     ("bench", "topk"): ["(default: 2^24)", "(default: exact_sort,radix,approx)"],
+    ("bench", "powersgd"): ["(default: 2^20,2^22,2^24)", "(default: 1,2,4)", "Gram-Schmidt"],
     ("bench", "collectives"): [
       "(scaled sign, Top-k 1%, natural dithering)",
       "(default: 2^20)",

@@ -18,6 +18,7 @@ mean loss over the parts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -92,8 +93,9 @@ class Decoder:
     h + sum_{i in S} w_i m_i unbiased for sum_i c_i u_i (`biased_compression.diana`). SGC:
     c_i = (1 - q_i) / (m d (1 - p_i)) with q_i the model's straggling probabilities (1 / (m d)
     when the weights assume the model's); a fixed straggler set: the weights themselves;
-    ``"exact"`` and ``"mean"`` under iid stragglers: the mean of the weights over
-    `EXPECTATION_DRAWS` straggler sets drawn with a fixed key (every set when n <= 12).
+    ``"exact"`` and ``"mean"`` under iid stragglers: the mean of the weights over every
+    straggler set weighted by its probability when n <= `EXACT_MAX_N`, else over
+    `EXPECTATION_DRAWS` sets drawn with a fixed key.
     """
     if stragglers is None:
       return None
@@ -101,19 +103,19 @@ class Decoder:
     q = stragglers.straggling_probabilities(n)
     if self.decoding == "sgc":
       return (1.0 - q) * _codes.sgc_weights(self.code, self.p) / self.code.num_parts
-    # concrete even when `coded` is built inside a trace (the runner builds it under jit)
+    # concrete even when `coded` is built inside a trace (the runner builds it under jit);
+    # one compiled vmap over the straggler sets, not op-by-op
     with jax.ensure_compile_time_eval():
       if stragglers.kind != "iid":
-        alive = jnp.asarray(q == 0.0)
-        return np.asarray(self.weights(alive), np.float64)
-      if n <= 12:
+        return np.asarray(self.weights(jnp.asarray(q == 0.0)), np.float64)
+      many = jax.jit(jax.vmap(self.weights))
+      if n <= EXACT_MAX_N:
         sets = (np.arange(1 << n)[:, None] >> np.arange(n)) & 1
         prob = np.prod(np.where(sets == 1, 1.0 - q, q), axis=1)
-        w = np.asarray(jax.vmap(self.weights)(jnp.asarray(sets, jnp.bool_)), np.float64)
-        return prob @ w
+        return prob @ np.asarray(many(jnp.asarray(sets, jnp.bool_)), np.float64)
       keys = jax.random.split(jax.random.PRNGKey(_STRAGGLER_TAG), EXPECTATION_DRAWS)
-      draws = jax.vmap(lambda k: self.weights(stragglers.alive(k, n)))(keys)
-      return np.asarray(draws, np.float64).mean(axis=0)
+      alive = jax.jit(jax.vmap(lambda k: stragglers.alive(k, n)))(keys)
+      return np.asarray(many(alive), np.float64).mean(axis=0)
 
   def weights(self, alive: jax.Array) -> jax.Array:
     code = self.code
@@ -136,7 +138,8 @@ class Decoder:
 
 
 _REFINEMENTS = 6
-EXPECTATION_DRAWS = 4096
+EXPECTATION_DRAWS = 1024
+EXACT_MAX_N = 10  # up to 2^10 straggler sets are enumerated exactly
 
 
 def _min_norm_decoding(code: _codes.GradientCode, alive: jax.Array) -> jax.Array:
@@ -337,11 +340,14 @@ def coded(
   n = code.num_workers
   _check_stragglers(fn, stragglers, n)
   decoder = Decoder.make(code, decoding, _default_p(stragglers, n) if p is None else p, fn)
-  expected = decoder.expected(stragglers)
-  expected = None if expected is None else jnp.asarray(expected, jnp.float32)
+  # computed once, and only if the wrapped algorithm keeps a server estimate (it asks for
+  # step.state_weights): a Monte-Carlo average for "exact" decoding is seconds of work
+  expected = functools.cache(lambda: jnp.asarray(decoder.expected(stragglers), jnp.float32))
 
   def _expect(index):
-    return {} if expected is None else {"expected_weights": expected[index]}
+    if stragglers is None:
+      return {}
+    return {"expected_weights": lambda: expected()[index]}
 
   def update_fn(updates, state, params=None, *, participating=None, **extra):
     for name in ("weights", "probability", "expected_weights"):

@@ -508,15 +508,13 @@ def exchange_specs(
     if not compressor.needs_key:
       gkey = None
     m = resolve_method(compressor, method, v.shape[0], n, dtype)
+    if len(specs) > 1:
+      check_plain(fn, m)
     if m in ("all_gather", "psum"):
-      if len(specs) > 1:
-        check_plain(fn, m)
       run = _all_gather if m == "all_gather" else _psum
       group_means, local = run(compressor, v, dtype, gkey, axis_name, specs)
       err = None if server_errors is None else server_errors[g]
     else:
-      if len(specs) > 1:
-        check_plain(fn, m)
       err = jnp.zeros_like(v) if server_errors is None else server_errors[g]
       w, total = specs[0]
       mean, local, err = _two_stage(

@@ -275,7 +275,7 @@ class Step:
     *,
     participating=None,
     weights: Weighting | None = None,
-    state_weights: Weighting | None = None,
+    state_weights: Weighting | Callable[[], Weighting] | None = None,
     server_error: list[jax.Array] | None = None,
     has_server: bool = False,
     fn: str = "transformation",
@@ -293,7 +293,8 @@ class Step:
     if weights is None and axis_name is not None:
       weights = Weighting(*_collectives.weight_spec(axis_name))
     self.weights = weights
-    self.state_weights = weights if state_weights is None else state_weights
+    # a Weighting, or a function giving one (built on first use: coded's expected weights)
+    self._state_weights = weights if state_weights is None else state_weights
     self.exchanges = 0  # how many times this step exchanged
     self.server_error = server_error  # per update leaf (float32), two_stage only
     self._server_used = False
@@ -306,6 +307,12 @@ class Step:
     self._cond_bits = []  # (kind, predicate, bits if true, bits if false) of `cond`
 
   # -- what the algorithms read -------------------------------------------------------------
+
+  @property
+  def state_weights(self) -> Weighting | None:
+    if callable(self._state_weights):
+      self._state_weights = self._state_weights()
+    return self._state_weights
 
   @functools.cached_property
   def plan(self) -> Plan:
@@ -442,10 +449,8 @@ class Step:
     if compressor is not None:
       _collectives.check_method(self.fn, method, compressor)
     server_error = self._take_server_error(compressor, method, leaves)
-    if self.exchanges and self.compressor is not None and compressor is self.compressor:
-      key = jax.random.fold_in(self.key, self.exchanges)
-    else:
-      key = self.key
+    # the i-th exchange of a step (i >= 1) draws independently of the earlier ones
+    key = jax.random.fold_in(self.key, self.exchanges) if self.exchanges else self.key
     if compressor is None or not compressor.needs_key:
       key = None
     self.exchanges += 1
@@ -770,7 +775,8 @@ def from_algorithm(
   moved by it stays the mean of the workers' estimates. ``step.state_weights`` is the
   weighting that keeps a server estimate unbiased: the plain (1/n) sum_S under importance
   weights, ``expected_weights`` c_i 1{i in S} when ``update`` is given them with explicit
-  weights (`biased_compression.coding.coded` does), else ``step.weights`` itself.
+  weights (`biased_compression.coding.coded` does; a scalar, or a function returning it,
+  called only if the algorithm asks for ``step.state_weights``), else ``step.weights``.
 
   ``contractive`` refuses, at the first update, a compressor outside B3 (error feedback);
   ``dense_first_step`` makes the first step dense whatever ``start_step`` is. The options
@@ -865,7 +871,9 @@ def from_algorithm(
       leaves = [m.astype(x.dtype) for m, x in zip(means, leaves, strict=True)]
     finite = None
     if nonfinite == "skip":
-      finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+      finite = jnp.asarray(True)
+      for x in leaves:
+        finite = finite & jnp.all(jnp.isfinite(x))
       leaves = [jnp.where(finite, x, jnp.zeros_like(x)) for x in leaves]
       if axis_name is not None:
         participating = finite if participating is None else participating & finite
@@ -888,10 +896,12 @@ def from_algorithm(
       )
       state_weighting = weighting
       if expected_weights is not None:
-        c = jnp.asarray(expected_weights, jnp.float32)
-        if participating is not None:
-          c = jnp.where(participating, c, 0.0)
-        state_weighting = Weighting(c, None)
+
+        def state_weighting(c=expected_weights, mask=participating):
+          # built when an algorithm first asks for step.state_weights
+          c = jnp.asarray(c() if callable(c) else c, jnp.float32)
+          return Weighting(c if mask is None else jnp.where(mask, c, 0.0), None)
+
       elif reweighted:
         state_weighting = Weighting(*_collectives.plain_spec(axis_name, participating))
     next_key, step_key = split_key(state.rng_key)
