@@ -165,6 +165,20 @@ def test_bits_equal_the_compiled_collectives_and_shard_equals_simulate():
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
+def test_bfloat16_factors_send_16_bits_a_value():
+  params = {"w": jnp.zeros((16, 12)), "b": jnp.zeros(5)}
+  g = jax.tree.map(lambda p: jax.random.normal(jax.random.PRNGKey(p.ndim), (N, *p.shape)), params)
+  out = {}
+  for dtype, bits in ((jnp.float32, 32), (jnp.bfloat16, 16)):
+    workers = _workers(bc.powersgd(2, axis_name="w", factor_dtype=dtype))
+    out[bits], state = jax.jit(workers.update)(g, workers.init(params))
+    assert (bc.bits_sent(state) == bits * ((16 + 12) * 2 + 5)).all()
+  scale = float(jnp.abs(out[32]["w"]).max())
+  np.testing.assert_allclose(out[16]["w"], out[32]["w"], atol=2e-2 * scale)
+  with pytest.raises(ValueError, match="factor_dtype must be"):
+    bc.powersgd(2, factor_dtype=jnp.float16)
+
+
 def test_participation_averages_the_participants():
   """With participating, P and Q are the participants' means; absent workers keep e_i."""
   grads = jax.random.normal(jax.random.PRNGKey(3), (N, 12, 9))
