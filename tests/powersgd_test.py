@@ -61,18 +61,18 @@ def _workers(tx, n=N):
 def test_mean_of_rank_r_matrices_is_exact_in_one_step():
   """M_i = A B_i with A shared (rows x r): P = mean M_i Q spans A, so P^ P^T mean M = mean M."""
   key = jax.random.PRNGKey(0)
-  for r in (1, 2, 3):
+  for r in (1, 3):
     a = jax.random.normal(key, (20, r))
     b = jax.random.normal(jax.random.fold_in(key, r), (N, r, 15))
     grads = jnp.einsum("ir,nrc->nic", a, b)
-    workers = _workers(bc.powersgd(r, axis_name="w"))
-    out, _ = jax.jit(workers.update)(grads, workers.init(jnp.zeros((20, 15))))
-    np.testing.assert_allclose(out, grads.mean(0), rtol=1e-4, atol=1e-4)
-    # one rank less is not exact
-    workers = _workers(bc.powersgd(r - 1, axis_name="w")) if r > 1 else None
-    if workers is not None:
+    for rank in (r, r - 1) if r > 1 else (r,):
+      workers = _workers(bc.powersgd(rank, axis_name="w"))
       out, _ = jax.jit(workers.update)(grads, workers.init(jnp.zeros((20, 15))))
-      assert float(jnp.abs(out - grads.mean(0)).max()) > 1e-2
+      error = float(jnp.abs(out - grads.mean(0)).max())
+      if rank == r:
+        np.testing.assert_allclose(out, grads.mean(0), rtol=1e-4, atol=1e-4)
+      else:  # one rank less is not exact
+        assert error > 1e-2
 
 
 @pytest.mark.parametrize("rank", [1, 3])
@@ -303,7 +303,7 @@ def test_training_a_flax_mlp_with_powersgd():
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   results = {}
-  for rank, ef in [(1, True), (2, True), (4, True), (2, False)]:
+  for rank, ef in [(1, True), (4, True), (2, False)]:
     tx = optax.chain(optax.sgd(0.5), bc.powersgd(rank, axis_name="w", error_feedback=ef))
     workers = _workers(tx)
     state = workers.init(params)
