@@ -41,11 +41,11 @@ from biased_compression.transforms._scaling import dcsgd_scaled_lr
 from biased_compression.transforms._scaling import sign_noise_scale
 from biased_compression.transforms._scaling import sign_scaled_lr
 from biased_compression.transforms._skeleton import Algorithm
-from biased_compression.transforms._skeleton import Mean
-from biased_compression.transforms._skeleton import Step
-from biased_compression.transforms._skeleton import Weighting
 from biased_compression.transforms._skeleton import from_algorithm
 from biased_compression.transforms._skeleton import transformation
+from biased_compression.transforms._step import Mean
+from biased_compression.transforms._step import Step
+from biased_compression.transforms._step import Weighting
 
 __all__ = [
   "Algorithm",
