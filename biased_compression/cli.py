@@ -255,6 +255,13 @@ def _cmd_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int:
 # -- bench ----------------------------------------------------------------------------------
 
 
+def _write_json(args: argparse.Namespace, rows, argv: Sequence[str]) -> None:
+  """The bench's JSON record (machine, date, command, rows), when given ``--json PATH``."""
+  if args.json is not None:
+    _timing.write_record(args.json, rows, argv)
+    print(f"wrote {args.json}")
+
+
 def _bench_compressors_set() -> dict:
   """The registry plus Top-k and rand-k at 1%, the density the performance targets use."""
   return {
@@ -280,9 +287,7 @@ def _cmd_bench_compressors(args: argparse.Namespace, argv: Sequence[str]) -> int
   results = _timing.bench_compressors(
     compressors, args.sizes, repeats=args.repeats, seed=args.seed, on_size_done=print_size
   )
-  if args.json is not None:
-    _timing.write_record(args.json, results, argv)
-    print(f"wrote {args.json}")
+  _write_json(args, results, argv)
   return 0
 
 
@@ -298,9 +303,7 @@ def _cmd_bench_topk(args: argparse.Namespace, argv: Sequence[str]) -> int:
     methods=args.methods,
     on_size_done=print_size,
   )
-  if args.json is not None:
-    _timing.write_record(args.json, results, argv)
-    print(f"wrote {args.json}")
+  _write_json(args, results, argv)
   return 0
 
 
@@ -319,9 +322,7 @@ def _cmd_bench_runner(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
   rows = _runner.bench_runner(args.workers, dim=args.dim, steps=args.steps, seed=args.seed)
   print(_runner.runner_tables(rows))
-  if args.json is not None:
-    _timing.write_record(args.json, rows, argv)
-    print(f"wrote {args.json}")
+  _write_json(args, rows, argv)
   return 0
 
 
@@ -337,9 +338,7 @@ def _cmd_bench_powersgd(args: argparse.Namespace, argv: Sequence[str]) -> int:
     repeats=args.repeats,
   )
   print(_powersgd.powersgd_table(rows))
-  if args.json is not None:
-    _timing.write_record(args.json, rows, argv)
-    print(f"wrote {args.json}")
+  _write_json(args, rows, argv)
   return 0
 
 
@@ -369,9 +368,7 @@ def _cmd_bench_coco(args: argparse.Namespace, argv: Sequence[str]) -> int:
     seed=args.seed,
   )
   print(_coco.coco_tables(rows))
-  if args.json is not None:
-    _timing.write_record(args.json, rows, argv)
-    print(f"wrote {args.json}")
+  _write_json(args, rows, argv)
   return 0
 
 
@@ -417,9 +414,7 @@ def _cmd_bench_collectives(args: argparse.Namespace, argv: Sequence[str]) -> int
     rows += [{**r, **_bench_collectives.cost_fields(cost_d, cost)} for r in model]
     bar.update()
   print(_bench_collectives.tables(rows))
-  if args.json is not None:
-    _timing.write_record(args.json, rows, argv)
-    print(f"wrote {args.json}")
+  _write_json(args, rows, argv)
   return 0
 
 

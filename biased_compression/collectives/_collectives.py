@@ -436,37 +436,6 @@ def exchange_specs(
   return means, locals_, errors
 
 
-def exchange(
-  vectors: Sequence[jax.Array],
-  dtypes: Sequence[Any],
-  compressor: _base.Compressor,
-  axis_name,
-  *,
-  method: str,
-  key: jax.Array | None,
-  mask=None,
-  probability=None,
-  weights=None,
-  server_errors: Sequence[jax.Array] | None = None,
-  fn: str = "compressed_mean",
-):
-  """`exchange_specs` with the one aggregation rule of ``mask`` / ``probability`` /
-  ``weights``: returns (means, locals, new server errors), lists of float32 vectors."""
-  spec = weight_spec(axis_name, mask, probability, weights)
-  means, locals_, errors = exchange_specs(
-    vectors,
-    dtypes,
-    compressor,
-    axis_name,
-    method=method,
-    key=key,
-    specs=[spec],
-    server_errors=server_errors,
-    fn=fn,
-  )
-  return means[0], locals_, errors
-
-
 def compressed_mean(
   tree: Any,
   compressor: _base.Compressor,
@@ -527,18 +496,17 @@ def compressed_mean(
   errors = None
   if server_error is not None:
     errors = [jnp.asarray(e, jnp.float32).reshape(-1) for e in jax.tree.leaves(server_error)]
-  means, locals_, errors = exchange(
+  means, locals_, errors = exchange_specs(
     [x.reshape(-1).astype(jnp.float32) for x in leaves],
     [x.dtype for x in leaves],
     compressor,
     axis_name,
     method=method,
     key=key,
-    mask=mask,
-    probability=probability,
-    weights=weights,
+    specs=[weight_spec(axis_name, mask, probability, weights)],
     server_errors=errors,
   )
+  means = means[0]
 
   def rebuild(values):
     return treedef.unflatten([v.reshape(x.shape) for v, x in zip(values, leaves, strict=True)])
